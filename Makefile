@@ -2,9 +2,9 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := openssh-server openssh-client sudo systemd-container dbus iproute2 netcat-openbsd procps psmisc curl
+APT_PACKAGES := openssh-server openssh-client sudo systemd-container dbus iproute2 netcat-openbsd procps psmisc curl postgresql chromium
 
-.PHONY: setup apt venv lab-up lab-down lab-status test unit demo demo-down bench
+.PHONY: setup apt venv lab-up lab-down lab-status lab-reset test unit demo demo-down bench
 
 setup: apt venv  ## install everything (idempotent)
 
@@ -32,8 +32,20 @@ lab-down:
 lab-status:
 	$(PY) -m sandbox status
 
+lab-reset:
+	$(PY) -m sandbox reset
+
 unit: setup
 	$(PY) -m pytest tests/unit -q
 
 test: setup
 	$(PY) -m pytest -q
+
+demo: setup  ## lab + local Prefect server + serve, then scale-up and scale-down through the REST API
+	$(PY) -m deployments.demo up
+
+bench: setup  ## flows vs bench/runbook.sh on a lab of its own; writes BENCHMARKS.md (BENCH_ARGS="--rounds 5")
+	$(PY) -m bench.run_bench $(BENCH_ARGS)
+
+demo-down:  ## stop what `make demo` started and bring the lab down
+	$(PY) -m deployments.demo down

@@ -1,0 +1,137 @@
+"""The `metascale` command: `status` (plain core, no Prefect), `scale-up` and `scale-down` (the Prefect flows).
+
+`scale-up` / `scale-down` run the same flows as the deployments, in this process: against PREFECT_API_URL when it
+is set, otherwise against a temporary local Prefect server (slower to start). Progress streams as the run's log
+lines; a failed run prints the flow's message and exits non-zero (see ExitCode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of `metascale`."""
+
+    OK = 0
+    FAILED = 1          # a run failed while changing the cluster (see its message: state and next step)
+    USAGE = 2           # bad command line (argparse)
+    REFUSED = 3         # refused before any change: bad input, unsafe plan, rejected, outside the window
+    UNHEALTHY = 4       # `status`: no leader, a voter does not answer, or the nodes disagree
+    INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metascale", description="Scale a Databend Meta Service cluster safely.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    status = sub.add_parser("status", help="show leader, voters, non-voters and who answers (read-only, fast)")
+    status.add_argument("--inventory", required=True, help="path to the cluster's inventory TOML")
+    up = sub.add_parser("scale-up", help="add a meta node (runs the scale-up flow)")
+    up.add_argument("--inventory", required=True)
+    up.add_argument("--host", required=True, action="append", help="host to add (repeat for several)")
+    up.add_argument("--id", type=int, help="raft id of the new node (one host only; default: next free id)")
+    up.add_argument("--dry-run", action="store_true", help="plan only; change nothing")
+    up.add_argument("--verify-deadline", type=float, default=60, help="seconds to wait for each verification")
+    down = sub.add_parser("scale-down", help="remove a meta node (runs the scale-down flow)")
+    down.add_argument("--inventory", required=True)
+    down.add_argument("--id", type=int, required=True, action="append", help="raft id to remove (repeatable)")
+    down.add_argument("--force", action="store_true", help="the node's host is dead: remove it via the live nodes")
+    down.add_argument("--dry-run", action="store_true")
+    down.add_argument("--verify-deadline", type=float, default=60)
+    down.add_argument("--leave-timeout", type=float, default=60)
+    return parser
+
+
+def _status_table(status: object) -> str:
+    """Render a ClusterStatus as aligned text: a header line, then one row per node."""
+    rows = [("NODE", "HOST", "STATE", "LEADER", "VOTERS", "NON-VOTERS", "NOTE")]
+    for probe in status.probes:  # type: ignore[attr-defined]
+        if probe.status is None:
+            rows.append((f"meta-{probe.node_id}", probe.host, "no answer", "-", "-", "-", (probe.error or "")[:80]))
+            continue
+        s = probe.status
+        rows.append((f"meta-{probe.node_id}", probe.host, s.state, str(s.leader_id), _ids(s.voter_ids),
+                     _ids(s.non_voter_ids), ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ",".join(str(i) for i in ids) or "-"
+
+
+def cmd_status(inventory_path: str) -> ExitCode:
+    """Print the cluster's status table; UNHEALTHY when there is no leader, a voter is silent or nodes disagree."""
+    from metascale.inventory import load_inventory
+    from metascale.remote import SshPool
+    from metascale.status import read_cluster_status
+
+    inventory = load_inventory(inventory_path)
+    with SshPool.for_inventory(inventory) as pool:
+        status = read_cluster_status(pool, inventory)
+    print(f"cluster {inventory.name}: leader {status.leader_id}, voters {status.voter_ids}, "
+          f"answering {status.answering_ids}")
+    print(_status_table(status))
+    reason = status.stable_reason(status.voter_ids or inventory.meta_ids)
+    if reason:
+        print(f"NOT HEALTHY: {reason}", file=sys.stderr)
+        return ExitCode.UNHEALTHY
+    return ExitCode.OK
+
+
+def _run_flow(flow: object, **parameters: object) -> ExitCode:
+    """Run ``flow`` in this process; print its outcome or failure message; map the result to an exit code."""
+    from metascale.errors import InventoryError, PlanRefused
+
+    state = flow(return_state=True, **parameters)  # type: ignore[operator]
+    from prefect.exceptions import ParameterTypeError
+
+    if state.is_completed():
+        outcome = state.result()
+        if outcome.dry_run:
+            print(outcome.plan_markdown)
+        print(outcome.message)
+        return ExitCode.OK
+    error = state.result(raise_on_failure=False)
+    print(f"{state.name}: {error if isinstance(error, BaseException) else state.message}", file=sys.stderr)
+    if isinstance(error, (PlanRefused, InventoryError, ValueError, ParameterTypeError)) or state.is_cancelled():
+        return ExitCode.REFUSED
+    return ExitCode.FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `metascale`; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "status":
+            return int(cmd_status(args.inventory))
+        if args.command == "scale-up":
+            if args.id is not None and len(args.host) != 1:
+                print("--id can only be given with a single --host", file=sys.stderr)
+                return int(ExitCode.USAGE)
+            from flows.scale_up import scale_up
+
+            nodes = [{"host": h, **({"node_id": args.id} if args.id is not None else {})} for h in args.host]
+            return int(_run_flow(scale_up, new_nodes=nodes, inventory=args.inventory, dry_run=args.dry_run,
+                                 verify_deadline_s=args.verify_deadline))
+        from flows.scale_down import scale_down
+
+        return int(_run_flow(scale_down, node_ids=args.id, inventory=args.inventory, force=args.force,
+                             dry_run=args.dry_run, verify_deadline_s=args.verify_deadline,
+                             leave_timeout_s=args.leave_timeout))
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # bad inventory file, unreachable hosts for `status`: one line, no traceback
+        from metascale.errors import MetaScaleError
+
+        if not isinstance(exc, (MetaScaleError, OSError)):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return int(ExitCode.REFUSED if isinstance(exc, ValueError) else ExitCode.FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

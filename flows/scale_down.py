@@ -1,0 +1,166 @@
+"""The `scale-down` flow: remove databend-meta nodes one at a time (runbook: Scale Down, steps 1-9)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.common import (
+    PARALLEL_HOSTS,
+    ScaleOutcome,
+    check_common_parameters,
+    check_maintenance_window,
+    cluster_lock,
+    cluster_name_for_run_name,
+    fail_with_diagnostics,
+    publish_plan,
+    publish_status_table,
+    request_approval,
+    resolve_cluster,
+    status_rows,
+    tag_flow_run,
+)
+from metascale.errors import ClusterNotConverged, PlanRefused
+from metascale.inventory import Inventory
+from metascale.plan import NodeChange, ScalePlan, plan_scale_down
+from tasks import runbook as rb
+from tasks.pool import run_pool
+
+ACTION = "scale-down"
+TRANSFER_ATTEMPTS = 4
+TRANSFER_WAIT_S = 5.0  # a transfer takes effect well under 1 s; longer means it was dropped: send it again
+
+
+def _run_name() -> str:
+    """Return `scale-down-<cluster>-node-<ids>` from the run's parameters."""
+    params = runtime_flow_run.parameters
+    cluster = cluster_name_for_run_name(params.get("inventory", ""), params.get("cluster_block", ""))
+    ids = "-".join(str(i) for i in params.get("node_ids", [])) or "none"
+    return f"scale-down-{cluster}-node-{ids}"
+
+
+@flow(name="scale-down", flow_run_name=_run_name, validate_parameters=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_HOSTS))
+def scale_down(
+    node_ids: list[int],
+    inventory: str = "",
+    cluster_block: str = "",
+    force: bool = False,
+    leave_timeout_s: float = 60,
+    dry_run: bool = False,
+    require_approval: bool = False,
+    approval_timeout_s: int = 3600,
+    verify_deadline_s: float = 60,
+    maintenance_window: str = "",
+    override_window: bool = False,
+) -> ScaleOutcome:
+    """Remove the meta nodes `node_ids` from the cluster, one at a time, safely.
+
+    Plan first (published as the `plan-<cluster>` artifact), then: move leadership off a leaving leader, leave via
+    the remaining voters, verify, stop and disable the service, retire its raft dir, verify the cluster, update
+    `join` on the remaining meta nodes and `[meta] endpoints` on every query node, record the inventory.
+    `force=True` removes a node whose host is dead (the steps that need its host are skipped).
+    """
+    check_common_parameters(ACTION, inventory, cluster_block, approval_timeout_s, verify_deadline_s,
+                            maintenance_window)
+    if not leave_timeout_s > 0:
+        raise PlanRefused(ACTION, f"leave_timeout_s must be > 0 (got {leave_timeout_s})")
+    if any(i < 0 for i in node_ids):
+        raise PlanRefused(ACTION, f"node ids must be >= 0 (got {node_ids})")
+    cluster, key_text = resolve_cluster(inventory, cluster_block)
+    tag_flow_run(cluster.name)
+    with run_pool(cluster, key_text), cluster_lock(cluster.name):
+        cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
+        before = rb.read_cluster_status(cluster)
+        reachable = rb.reachable_hosts(cluster, [n.host for n in cluster.meta_nodes if n.node_id in node_ids])
+        plan = plan_scale_down(cluster, rb.cluster_view(before), node_ids, force=force, reachable_hosts=reachable)
+        plan = plan.with_file_changes(rb.preview_file_changes(cluster, plan))
+        publish_plan(plan)
+        if dry_run:
+            return ScaleOutcome.planned(plan, "dry run: nothing was changed")
+        if plan.nothing_to_do:
+            return ScaleOutcome.planned(plan, plan.summary())
+        check_maintenance_window(ACTION, maintenance_window, override_window)
+        if require_approval:
+            request_approval(ACTION, plan, approval_timeout_s)
+        progress = rb.Progress()
+        try:
+            final = _apply(cluster, plan, progress, leave_timeout_s, verify_deadline_s, inventory, cluster_block)
+        except Exception as exc:
+            fail_with_diagnostics(ACTION, cluster, plan, progress, exc)
+        after = rb.read_cluster_status(final)
+        publish_status_table(cluster.name, status_rows(before, after), f"{ACTION}: {plan.summary()}")
+        return ScaleOutcome.applied(plan, progress, after)
+
+
+def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, leave_timeout_s: float,
+           deadline_s: float, inventory_path: str, cluster_block: str) -> Inventory:
+    """Carry out ``plan`` (already approved); return the inventory as recorded at the end."""
+    current = cluster
+    for change in plan.changes:
+        _remove_one(current, change, progress, leave_timeout_s, deadline_s, plan.answering)
+        current = current.without_meta_node(change.node_id)
+    remaining = list(current.meta_nodes)
+    progress.step = "update join on the remaining meta nodes"
+    progress.record(rb.update_join_on_existing_nodes.map(unmapped(current), remaining, unmapped(list(plan.join_after)))
+                    .result())
+    progress.step = "update query meta endpoints"
+    queries = list(current.query_nodes)
+    progress.record(rb.update_query_meta_endpoints.map(unmapped(current), queries, unmapped(list(plan.endpoints_after)))
+                    .result())
+    progress.step = "record the inventory"
+    progress.record([rb.record_inventory(current, inventory_path, cluster_block)])
+    return current
+
+
+def _remove_one(cluster: Inventory, change: NodeChange, progress: rb.Progress, leave_timeout_s: float,
+                deadline_s: float, answering: tuple[int, ...]) -> None:
+    """Remove one node: leadership, leave, verify, stop, retire, verify stable. Each step is a no-op when done."""
+    logger = get_run_logger()
+    node = cluster.meta_node(change.node_id)
+    rest = [n for n in cluster.meta_nodes if n.node_id != change.node_id]
+    if change.transfer_leader_to is not None:
+        progress.step = f"move leadership off meta-{node.node_id}"
+        others = [i for i in change.voters_after if i in answering and i != change.transfer_leader_to]
+        _move_leadership(cluster, node.node_id, [change.transfer_leader_to, *others], progress, deadline_s)
+    if not change.already_removed:
+        progress.step = f"leave meta-{node.node_id}"
+        progress.record([rb.leave_cluster(cluster, node.node_id, list(change.leave_via), leave_timeout_s)])
+    progress.verify(f"verify meta-{node.node_id} is removed",
+                    lambda: rb.verify_node_removed(cluster, node.node_id, list(change.voters_after), deadline_s))
+    if change.host_dead:
+        logger.warning("meta-%d (%s) is unreachable (force): not stopping its service nor retiring its raft dir; "
+                       "do it by hand before that host comes back", node.node_id, node.host)
+        progress.skipped.append(f"stop/disable databend-meta and retire the raft dir on {node.host} (host dead)")
+    else:
+        progress.step = f"stop meta-{node.node_id}"
+        progress.record([rb.stop_meta_service(cluster, node)])
+        progress.step = f"retire the raft dir of meta-{node.node_id}"
+        progress.record([rb.retire_raft_dir(cluster, node)])
+    progress.verify("verify the cluster is stable",
+                    lambda: rb.verify_cluster_stable(cluster, rest, list(change.voters_after), deadline_s,
+                                                     sorted(set(change.voters_after) - set(answering))))
+
+
+def _move_leadership(cluster: Inventory, node_id: int, targets: list[int], progress: rb.Progress,
+                     deadline_s: float) -> None:
+    """Transfer leadership from ``node_id`` to ``targets[0]`` and verify; if it did not move, transfer again (to the
+    next target in turn: a target that is still catching up can make the transfer fail quietly)."""
+    for attempt in range(1, TRANSFER_ATTEMPTS + 1):
+        leader = rb.check_leader(cluster)
+        if leader != node_id:
+            get_run_logger().info("meta-%d is not the leader (leader: meta-%s): no transfer needed", node_id, leader)
+            return
+        target = targets[(attempt - 1) % len(targets)]
+        progress.record([rb.transfer_leadership(cluster, cluster.meta_node(node_id), target)])
+        try:
+            wait_s = max(1.0, min(TRANSFER_WAIT_S, deadline_s / TRANSFER_ATTEMPTS))
+            progress.verify(f"verify leadership moved off meta-{node_id}",
+                            lambda: rb.verify_leadership_moved(cluster, node_id, wait_s))
+            return
+        except ClusterNotConverged:
+            if attempt == TRANSFER_ATTEMPTS:
+                raise
+            get_run_logger().warning("leadership did not move off meta-%d (attempt %d); transferring again",
+                                     node_id, attempt)

@@ -1,0 +1,174 @@
+"""The `scale-up` flow: add databend-meta nodes one at a time (runbook: Scale Up, steps 1-6)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.common import (
+    PARALLEL_HOSTS,
+    NewMetaNode,
+    ScaleOutcome,
+    check_common_parameters,
+    check_maintenance_window,
+    cluster_lock,
+    cluster_name_for_run_name,
+    fail_with_diagnostics,
+    publish_plan,
+    publish_status_table,
+    request_approval,
+    resolve_cluster,
+    status_rows,
+    tag_flow_run,
+)
+from metascale.errors import PlanRefused
+from metascale.inventory import Inventory, MetaNode
+from metascale.plan import NewNodeSpec, ScalePlan, plan_scale_up
+from metascale.status import ClusterStatus
+from tasks import runbook as rb
+from tasks.pool import run_pool
+
+ACTION = "scale-up"
+
+
+def _host_of(item: object) -> str:
+    return str(item.get("host", "?")) if isinstance(item, dict) else str(getattr(item, "host", "?"))
+
+
+def _run_name() -> str:
+    """Return `scale-up-<cluster>-<host>[-<host>...]` from the run's parameters."""
+    params = runtime_flow_run.parameters
+    cluster = cluster_name_for_run_name(params.get("inventory", ""), params.get("cluster_block", ""))
+    hosts = "-".join(_host_of(n) for n in params.get("new_nodes", [])) or "none"
+    return f"scale-up-{cluster}-{hosts}"
+
+
+@flow(name="scale-up", flow_run_name=_run_name, validate_parameters=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_HOSTS))
+def scale_up(
+    new_nodes: list[NewMetaNode],
+    inventory: str = "",
+    cluster_block: str = "",
+    dry_run: bool = False,
+    require_approval: bool = False,
+    approval_timeout_s: int = 3600,
+    verify_deadline_s: float = 60,
+    maintenance_window: str = "",
+    override_window: bool = False,
+) -> ScaleOutcome:
+    """Add the hosts `new_nodes` to the cluster as meta voters, one at a time, verifying each before the next.
+
+    Plan first (published as the `plan-<cluster>` artifact), then per node: copy the config from an existing
+    node, set id / advertise host / `single` off / `join`, start the service, wait until it is a voter; then set
+    `join` on every meta node, `[meta] endpoints` on every query node, and record the inventory.
+    """
+    check_common_parameters(ACTION, inventory, cluster_block, approval_timeout_s, verify_deadline_s,
+                            maintenance_window)
+    if not new_nodes:
+        raise PlanRefused(ACTION, "new_nodes is empty; name at least one host to add")
+    cluster, key_text = resolve_cluster(inventory, cluster_block)
+    tag_flow_run(cluster.name)
+    specs = [NewNodeSpec(**n.model_dump()) for n in new_nodes]
+    with run_pool(cluster, key_text), cluster_lock(cluster.name):
+        cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
+        before = rb.read_cluster_status(cluster)
+        joined = _joined_but_unrecorded(cluster, specs, before)
+        if joined:
+            before = rb.read_cluster_status(cluster, [*cluster.meta_nodes, *joined])
+        view = rb.cluster_view(before)
+        facts = {s.host: f for s, f in zip(specs, rb.check_new_host.map(unmapped(cluster), specs).result(),
+                                           strict=True)}
+        plan = plan_scale_up(cluster, view, specs, facts)
+        plan = plan.with_file_changes(rb.preview_file_changes(cluster, plan))
+        publish_plan(plan)
+        if dry_run:
+            return ScaleOutcome.planned(plan, "dry run: nothing was changed")
+        if plan.nothing_to_do:
+            return ScaleOutcome.planned(plan, plan.summary())
+        check_maintenance_window(ACTION, maintenance_window, override_window)
+        if require_approval:
+            request_approval(ACTION, plan, approval_timeout_s)
+        progress = rb.Progress()
+        try:
+            final = _apply(cluster, plan, progress, verify_deadline_s, inventory, cluster_block)
+        except Exception as exc:
+            _undo_unjoined(cluster, plan, progress)
+            fail_with_diagnostics(ACTION, cluster, plan, progress, exc)
+        after = rb.read_cluster_status(final)
+        publish_status_table(cluster.name, status_rows(before, after), f"{ACTION}: {plan.summary()}")
+        return ScaleOutcome.applied(plan, progress, after)
+
+
+def _joined_but_unrecorded(cluster: Inventory, specs: list[NewNodeSpec], status: ClusterStatus) -> list[MetaNode]:
+    """Return the new hosts that a previous run already made voters but did not record (so they get probed)."""
+    view = rb.cluster_view(status)
+    by_addr = {addr: node_id for node_id, addr in view.node_addrs.items()}
+    found = []
+    for spec in specs:
+        node_id = by_addr.get(spec.raft_addr)
+        if node_id is not None and node_id in view.voters and node_id not in cluster.meta_ids:
+            found.append(MetaNode(id=node_id, host=spec.host, raft_port=spec.raft_port, grpc_port=spec.grpc_port,
+                                  admin_port=spec.admin_port))
+    return found
+
+
+def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, deadline_s: float, inventory_path: str,
+           cluster_block: str) -> Inventory:
+    """Carry out ``plan`` (already approved); return the inventory as recorded at the end."""
+    current = cluster
+    for change in plan.changes:
+        node = rb.as_meta_node(change)
+        if not change.already_member:
+            progress.step = f"copy the config to {node.host}"
+            source = rb.source_node(current, plan)
+            text = rb.copy_config_from_existing_node(current, source)
+            progress.step = f"write the config of meta-{node.node_id}"
+            progress.record([rb.write_new_node_config(current, node, text, list(change.join))])
+            progress.step = f"start meta-{node.node_id}"
+            progress.record([rb.start_meta_service(current, node)])
+        progress.verify(f"verify meta-{node.node_id} joined", lambda: rb.verify_node_joined(current, node, deadline_s))
+        if node.node_id not in current.meta_ids:
+            current = current.with_meta_node(node)
+    metas = list(current.meta_nodes)
+    progress.step = "update join on every meta node"
+    progress.record(rb.update_join_on_existing_nodes.map(unmapped(current), metas, unmapped(list(plan.join_after)))
+                    .result())
+    progress.step = "update query meta endpoints"
+    queries = list(current.query_nodes)
+    progress.record(rb.update_query_meta_endpoints.map(unmapped(current), queries,
+                                                       unmapped(list(plan.endpoints_after))).result())
+    progress.step = "record the inventory"
+    progress.record([rb.record_inventory(current, inventory_path, cluster_block)])
+    return current
+
+
+def _undo_unjoined(cluster: Inventory, plan: ScalePlan, progress: rb.Progress) -> None:
+    """After a failure: for each new node the cluster did NOT take (not a voter), stop the service we started and
+    restore its config from the backup. Nodes that joined keep everything (a rerun finishes the job)."""
+    logger = get_run_logger()
+    added = [c for c in plan.changes if c.action == "add" and not c.already_member]
+    if not added:
+        return
+    try:
+        nodes = [*cluster.meta_nodes, *[rb.as_meta_node(c) for c in added if c.node_id not in cluster.meta_ids]]
+        voters = set(rb.read_cluster_status(cluster, nodes).voter_ids or [])
+    except Exception as exc:  # unknown state: undo nothing rather than guess
+        logger.warning("cannot tell which new nodes joined (%s); restoring nothing", exc)
+        return
+    for change in added:
+        if change.node_id in voters:
+            continue
+        node = rb.as_meta_node(change)
+        mine = [r for r in progress.results if r.host == node.host and r.changed]
+        try:
+            if any(r.step == "start_meta_service" for r in mine):
+                rb.stop_new_node(cluster, node)
+                progress.restored.append(f"stopped and disabled databend-meta on {node.host}")
+            for result in mine:
+                if result.step == "write_new_node_config" and result.backup_path:
+                    rb.restore_config_from_backup(cluster, node.host, cluster.paths.meta_config, result.backup_path)
+                    progress.restored.append(f"restored {node.host}:{cluster.paths.meta_config} from "
+                                             f"{result.backup_path}")
+        except Exception as exc:
+            logger.warning("could not undo the changes on %s: %s", node.host, exc)

@@ -1,0 +1,511 @@
+"""Remote execution over SSH (paramiko): one connection per host per run, strict host keys, quoted argv, timeouts.
+
+``Remote`` is the protocol every step uses; ``ParamikoRemote`` implements it over one pooled SSH connection and
+``SshPool`` owns those connections (one handshake per host, counted in ``pool.handshakes``). Commands are argv
+lists joined with ``shlex.join``; nothing is ever string-formatted into a shell line. Private keys never appear in
+logs or exceptions.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Protocol, runtime_checkable
+
+import paramiko
+from pydantic import BaseModel, ConfigDict
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random,
+)
+
+from metascale.errors import (
+    HostKeyRejected,
+    HostUnreachable,
+    InventoryError,
+    RemoteCommandError,
+    RemoteTimeout,
+    SshAuthFailed,
+)
+from metascale.inventory import Inventory, MetaNode, QueryNode, SshSettings, SshTarget
+
+log = logging.getLogger(__name__)
+
+_KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+_RETRYABLE_CONNECT = (OSError, EOFError, paramiko.SSHException)
+_NEVER_RETRY_CONNECT = (paramiko.AuthenticationException, paramiko.BadHostKeyException, HostKeyRejected)
+CONNECT_WAIT = wait_random(0.2, 1.0)
+"""Pause between SSH connect attempts (tests replace it with ``tenacity.wait_none()``)."""
+
+
+class CommandResult(BaseModel):
+    """What one remote command did: where, what, exit code, output and how long it took."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.exit_code == 0
+
+    def tail(self, lines: int = 10, stream: str = "stderr") -> str:
+        """The last ``lines`` lines of ``stream`` ("stderr" or "stdout")."""
+        text = self.stderr if stream == "stderr" else self.stdout
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def raise_for_status(self) -> CommandResult:
+        """Return self when ok; otherwise raise RemoteCommandError with host, command, exit code, stderr tail."""
+        if not self.ok:
+            raise RemoteCommandError(self.host, self.command, self.exit_code, self.tail() or self.tail(stream="stdout"))
+        return self
+
+
+@runtime_checkable
+class Remote(Protocol):
+    """One host, as the steps see it. ``ParamikoRemote`` and the tests' ``FakeRemote`` implement it."""
+
+    host: str
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        sudo: bool = False,
+        timeout_s: float | None = None,
+        check: bool = True,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        """Run ``argv`` (quoted with shlex). Raises RemoteCommandError if ``check`` and exit != 0, RemoteTimeout."""
+        ...
+
+    def read_text(self, path: str) -> str:
+        """Return the text of the remote file ``path``. Raises RemoteCommandError when it cannot be read."""
+        ...
+
+    def write_text_atomic(self, path: str, text: str) -> str | None:
+        """Replace ``path`` with ``text`` atomically, keeping owner and mode; return the backup path (None if new)."""
+        ...
+
+
+@runtime_checkable
+class RemotePool(Protocol):
+    """Hands out one ``Remote`` per host (``SshPool``, or a fake in tests)."""
+
+    def remote(self, node: MetaNode | QueryNode | str) -> Remote:
+        """The connection to ``node``'s host (opened on first use)."""
+        ...
+
+
+def load_private_key(*, path: str | None = None, text: str | None = None) -> paramiko.PKey:
+    """Load an unencrypted Ed25519/ECDSA/RSA private key from ``path`` or from ``text``.
+
+    Raises: InventoryError that names the file (never the key text) when no key type accepts it.
+    """
+    source = f"private key file {path}" if path else "private key text"
+    try:
+        data = text if text is not None else open(path or "", encoding="utf-8").read()
+    except OSError as exc:
+        raise InventoryError(f"cannot read: {exc.strerror}", source) from None
+    for cls in _KEY_CLASSES:
+        try:
+            return cls.from_private_key(io.StringIO(data))
+        except (paramiko.SSHException, ValueError, IndexError, TypeError):
+            continue
+    raise InventoryError("not an unencrypted Ed25519, ECDSA or RSA private key", source)
+
+
+def substitute_proxy_command(template: str, target: SshTarget) -> str:
+    """Expand OpenSSH tokens %h %p %r %% in ``template``, each value shell-quoted."""
+    values = {"h": shlex.quote(target.host), "p": str(target.port), "r": shlex.quote(target.user), "%": "%"}
+    out, i = [], 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "%" and i + 1 < len(template) and template[i + 1] in values:
+            out.append(values[template[i + 1]])
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    """RejectPolicy that raises HostKeyRejected naming the host and the offered key's SHA256 fingerprint."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise HostKeyRejected(hostname, "host is not in known_hosts", key.fingerprint)
+
+
+def _utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
+class ParamikoRemote:
+    """A ``Remote`` over one pooled SSH connection. Reconnects once (counted) when the connection dropped."""
+
+    def __init__(self, pool: SshPool, target: SshTarget) -> None:
+        self.host = target.host
+        self._pool = pool
+        self._target = target
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def use_sudo(self) -> bool:
+        """Whether ``sudo=True`` commands are prefixed with ``sudo -n`` (inventory ``ssh.sudo``)."""
+        return self._pool.settings.sudo
+
+    def connect(self) -> None:
+        """Open the connection now unless it is open. Raises HostKeyRejected, SshAuthFailed, HostUnreachable."""
+        with self._lock:
+            self._ensure_connected()
+
+    def _ensure_connected(self) -> paramiko.Transport:
+        transport = self._client.get_transport() if self._client else None
+        if transport is not None and transport.is_active():
+            return transport
+        if self._client is not None:
+            self._pool._count_reconnect(self.host)
+            self._drop()
+        self._client = self._pool._open_client(self._target)
+        transport = self._client.get_transport()
+        assert transport is not None
+        return transport
+
+    def _drop(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # closing a dead channel may raise anything; the connection is gone either way
+                pass
+        if self._client is not None:
+            self._client.close()
+        self._sftp, self._client = None, None
+
+    def close(self) -> None:
+        """Close the SSH connection (a later command reconnects and counts a handshake)."""
+        with self._lock:
+            self._drop()
+
+    def _open_channel(self) -> paramiko.Channel:
+        with self._lock:
+            transport = self._ensure_connected()
+            try:
+                return transport.open_session(timeout=self._pool.settings.connect_timeout_s)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if isinstance(exc, paramiko.ChannelException) and transport.is_active():
+                    # the server refused this session (e.g. sshd's MaxSessions); the connection itself is fine
+                    raise HostUnreachable(self.host, f"SSH session refused: {exc}") from None
+                log.info("%s: SSH connection dropped; reconnecting once", self.host)
+                self._pool._count_reconnect(self.host)
+                self._drop()
+                self._client = self._pool._open_client(self._target)
+                transport = self._client.get_transport()
+                assert transport is not None
+                try:
+                    return transport.open_session(timeout=self._pool.settings.connect_timeout_s)
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    self._drop()
+                    raise HostUnreachable(self.host, f"session refused after reconnect: {exc}") from None
+
+    def build_command(self, argv: Sequence[str], *, sudo: bool = False, cwd: str | None = None,
+                      timeout_s: float | None = None) -> tuple[str, str]:
+        """Return (shown command, sent command) for ``argv``: quoted, ``sudo -n`` and a remote ``timeout`` backstop."""
+        if isinstance(argv, str) or not argv or any(not isinstance(a, str) for a in argv):
+            raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
+        prefix = ["sudo", "-n"] if sudo and self.use_sudo else []
+        shown = shlex.join([*prefix, *argv])
+        backstop = ["timeout", "-k", "2", f"{timeout_s + 1:g}"] if timeout_s else []
+        sent = shlex.join([*prefix, *backstop, *argv])
+        if cwd:
+            shown = f"cd {shlex.quote(cwd)} && {shown}"
+            sent = f"cd {shlex.quote(cwd)} && {sent}"
+        return shown, sent
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        sudo: bool = False,
+        timeout_s: float | None = None,
+        check: bool = True,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        """Run ``argv`` on the host and wait at most ``timeout_s`` (default: inventory command timeout).
+
+        Raises: RemoteTimeout (the command is also killed remotely), RemoteCommandError when ``check`` and exit != 0,
+        HostUnreachable / HostKeyRejected / SshAuthFailed when the connection cannot be (re)opened.
+        """
+        limit = timeout_s if timeout_s is not None else self._pool.settings.command_timeout_s
+        shown, sent = self.build_command(argv, sudo=sudo, cwd=cwd, timeout_s=limit)
+        started = time.monotonic()
+        channel = self._open_channel()
+        try:
+            channel.exec_command(sent)
+            exit_code, out, err = _collect(channel, started + limit)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HostUnreachable(self.host, f"connection lost while running `{shown}`: {exc}") from None
+        finally:
+            channel.close()
+        duration = time.monotonic() - started
+        if exit_code is None:
+            raise RemoteTimeout(self.host, shown, limit, err)
+        result = CommandResult(host=self.host, command=shown, exit_code=exit_code, stdout=out, stderr=err,
+                               duration_s=duration)
+        log.debug("%s: `%s` exited %s in %.3f s", self.host, shown, exit_code, duration)
+        return result.raise_for_status() if check else result
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        with self._lock:
+            self._ensure_connected()
+            if self._sftp is None:
+                assert self._client is not None
+                self._sftp = self._client.open_sftp()
+            return self._sftp
+
+    def read_text(self, path: str) -> str:
+        """Read ``path`` over SFTP; on permission denied fall back to ``sudo -n cat``.
+
+        Raises: RemoteCommandError (exit_code None over SFTP) naming the host and the path when it cannot be read.
+        """
+        try:
+            with self._sftp_client().open(path, "r") as handle:
+                return handle.read().decode("utf-8")
+        except PermissionError:
+            return self.run(["cat", "--", path], sudo=True).stdout
+        except FileNotFoundError:
+            raise RemoteCommandError(self.host, f"read {path}", None, f"{path}: No such file or directory") from None
+        except OSError as exc:
+            raise RemoteCommandError(self.host, f"read {path}", None, f"{path}: {exc}") from None
+        except (paramiko.SSHException, EOFError) as exc:
+            raise HostUnreachable(self.host, f"SFTP failed while reading {path}: {exc}") from None
+
+    def stat(self, path: str) -> tuple[str, str, str, int] | None:
+        """(owner, group, octal mode, inode) of ``path``, or None when it does not exist."""
+        result = self.run(["stat", "-c", "%U %G %a %i", "--", path], sudo=True, check=False)
+        if not result.ok:
+            if "No such file" in result.stderr:
+                return None
+            result.raise_for_status()
+        owner, group, mode, inode = result.stdout.split()
+        return owner, group, mode, int(inode)
+
+    def write_text_atomic(self, path: str, text: str) -> str | None:
+        """Replace ``path`` with ``text`` so readers only ever see the old or the new file.
+
+        Side effects: ``sudo cp -p`` backup ``<path>.<YYYYmmddTHHMMSS>.bak`` beside the file; the text is uploaded
+        to /tmp over SFTP, installed as ``<path>.tmp-XXXX`` with the old owner/group/mode, then ``mv -f`` onto
+        ``path``. A missing file is created root:root 0644 without a backup. Returns the backup path or None.
+        The caller decides whether to write at all (nothing here compares old and new).
+        """
+        meta = self.stat(path)
+        backup: str | None = None
+        owner, group, mode = ("root", "root", "644") if meta is None else meta[:3]
+        if meta is not None:
+            backup = self._free_backup_name(path)
+            self.run(["cp", "-p", "--", path, backup], sudo=True)
+        token = secrets.token_hex(4)
+        upload = f"/tmp/metascale-{token}.upload"
+        staged = f"{path}.tmp-{token}"
+        try:
+            with self._sftp_client().open(upload, "w") as handle:
+                handle.chmod(0o600)  # the text may hold secrets (query config passwords); private until installed
+                handle.write(text.encode("utf-8"))
+        except OSError as exc:
+            raise RemoteCommandError(self.host, f"upload {upload}", None, f"{upload}: {exc}") from None
+        except (paramiko.SSHException, EOFError) as exc:
+            raise HostUnreachable(self.host, f"SFTP failed while uploading for {path}: {exc}") from None
+        try:
+            self.run(["install", "-o", owner, "-g", group, "-m", mode, "--", upload, staged], sudo=True)
+            self.run(["mv", "-f", "--", staged, path], sudo=True)
+        finally:
+            self.run(["rm", "-f", "--", upload, staged], sudo=True, check=False)
+        return backup
+
+    def _free_backup_name(self, path: str) -> str:
+        base = f"{path}.{_utc_stamp()}"
+        candidates = [f"{base}.bak", *(f"{base}-{n}.bak" for n in range(2, 10))]
+        found = self.run(["ls", "-1d", "--", *candidates], sudo=True, check=False).stdout.split()
+        return next((c for c in candidates if c not in found), f"{base}-{secrets.token_hex(2)}.bak")
+
+
+def _collect(channel: paramiko.Channel, deadline: float) -> tuple[int | None, str, str]:
+    """Read stdout/stderr until exit or ``deadline``; exit code None means the deadline passed.
+
+    Waits on paramiko's exit-status event (no busy loop: the transport thread needs the GIL to deliver packets),
+    draining output every few milliseconds so a chatty command never fills the channel window.
+    """
+    out, err = bytearray(), bytearray()
+    while not channel.exit_status_ready():
+        while channel.recv_ready():
+            out += channel.recv(65536)
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(65536)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        channel.status_event.wait(min(remaining, 0.005))
+    channel.settimeout(max(deadline - time.monotonic(), 1.0))
+    try:
+        while chunk := channel.recv(65536):  # until EOF, which follows the exit status
+            out += chunk
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(65536)
+    except socket.timeout:
+        pass
+    return channel.recv_exit_status(), out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+class SshPool:
+    """SSH connections for one run: one per host, opened on first use, reused by every step.
+
+    ``handshakes[host]`` counts completed connects (first connect plus reconnects), ``reconnects[host]`` the
+    reconnects, ``connect_seconds[host]`` how long each connect took. Use as a context manager or call close().
+    """
+
+    def __init__(
+        self,
+        settings: SshSettings,
+        *,
+        private_key_text: str | None = None,
+        resolve: Callable[[MetaNode | QueryNode | str], SshTarget] | None = None,
+        connect_attempts: int = 3,
+    ) -> None:
+        self.settings = settings
+        if private_key_text is None and settings.private_key_file is None:
+            raise InventoryError(
+                f"the key lives in the Prefect Secret {settings.private_key_secret!r}; pass its text as "
+                "private_key_text", "ssh private key")
+        self._pkey = load_private_key(path=settings.private_key_file if private_key_text is None else None,
+                                      text=private_key_text)
+        self._resolve = resolve or self._default_resolve
+        self._connect_attempts = connect_attempts
+        self._remotes: dict[str, ParamikoRemote] = {}
+        self._lock = threading.Lock()
+        self.handshakes: dict[str, int] = {}
+        self.reconnects: dict[str, int] = {}
+        self.connect_seconds: dict[str, list[float]] = {}
+
+    @classmethod
+    def for_inventory(cls, inventory: Inventory, *, private_key_text: str | None = None) -> SshPool:
+        """A pool using the inventory's SSH settings and per-node overrides."""
+        return cls(inventory.ssh, private_key_text=private_key_text, resolve=inventory.ssh_target)
+
+    def _default_resolve(self, node: MetaNode | QueryNode | str) -> SshTarget:
+        host = node if isinstance(node, str) else node.host
+        return SshTarget(host=host, port=self.settings.port, user=self.settings.user,
+                         proxy_command=self.settings.proxy_command)
+
+    def __repr__(self) -> str:
+        return f"SshPool(user={self.settings.user!r}, hosts={sorted(self._remotes)})"
+
+    def remote(self, node: MetaNode | QueryNode | str) -> ParamikoRemote:
+        """The connection to ``node``'s host, connected now if needed. Raises HostKeyRejected/SshAuthFailed/..."""
+        target = self._resolve(node)
+        with self._lock:
+            remote = self._remotes.get(target.host)
+            if remote is None:
+                remote = self._remotes[target.host] = ParamikoRemote(self, target)
+        remote.connect()
+        return remote
+
+    def _count_reconnect(self, host: str) -> None:
+        with self._lock:
+            self.reconnects[host] = self.reconnects.get(host, 0) + 1
+
+    def _open_client(self, target: SshTarget) -> paramiko.SSHClient:
+        """Connect with tenacity retries on network errors; never retry auth or host-key failures."""
+        retrying = Retrying(
+            # fast failures (refused, reset) get every attempt; a host that times out costs ~one connect timeout
+            stop=stop_after_attempt(self._connect_attempts) | stop_after_delay(self.settings.connect_timeout_s),
+            wait=CONNECT_WAIT,
+            retry=retry_if_exception_type(_RETRYABLE_CONNECT) & retry_if_not_exception_type(_NEVER_RETRY_CONNECT),
+            reraise=True,
+        )
+        started = time.monotonic()
+        try:
+            client = retrying(self._connect_once, target)
+        except HostKeyRejected:
+            raise
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyRejected(target.host, "host key differs from known_hosts (possible man-in-the-middle, or "
+                                  "the host was reinstalled)", exc.key.fingerprint) from None
+        except paramiko.AuthenticationException as exc:
+            raise SshAuthFailed(target.host, f"user {target.user!r} rejected: {exc}") from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise HostUnreachable(target.host, f"{type(exc).__name__}: {exc} (port {target.port}, "
+                                  f"gave up after {time.monotonic() - started:.1f} s)") from None
+        elapsed = time.monotonic() - started
+        with self._lock:
+            self.handshakes[target.host] = self.handshakes.get(target.host, 0) + 1
+            self.connect_seconds.setdefault(target.host, []).append(elapsed)
+        log.info("%s: SSH connected as %s in %.3f s", target.host, target.user, elapsed)
+        return client
+
+    def _connect_once(self, target: SshTarget) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(self.settings.known_hosts_file)
+        except OSError as exc:
+            raise InventoryError(f"cannot read known_hosts: {exc.strerror}", self.settings.known_hosts_file) from None
+        client.set_missing_host_key_policy(_RejectUnknownHost())
+        sock: paramiko.ProxyCommand | socket.socket | None = None
+        if target.proxy_command:
+            sock = paramiko.ProxyCommand(substitute_proxy_command(target.proxy_command, target))
+        timeout = self.settings.connect_timeout_s
+        try:
+            client.connect(
+                target.host, port=target.port, username=target.user, pkey=self._pkey, sock=sock,
+                allow_agent=False, look_for_keys=False, timeout=timeout, banner_timeout=timeout,
+                auth_timeout=timeout, channel_timeout=timeout,
+            )
+        except BaseException:
+            client.close()
+            if isinstance(sock, paramiko.ProxyCommand):
+                sock.close()
+            raise
+        return client
+
+    def close(self) -> None:
+        """Close every connection of this pool."""
+        with self._lock:
+            remotes = list(self._remotes.values())
+            self._remotes.clear()
+        for remote in remotes:
+            remote.close()
+
+    def __enter__(self) -> SshPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "CommandResult",
+    "ParamikoRemote",
+    "Remote",
+    "RemotePool",
+    "SshPool",
+    "load_private_key",
+    "substitute_proxy_command",
+]

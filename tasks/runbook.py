@@ -1,0 +1,506 @@
+"""One Prefect task per runbook step (docs/ARCHITECTURE.md, "Runbook step -> code"), named as the runbook reads.
+
+Tasks take models (Inventory, MetaNode, QueryNode), borrow the run's SSH connections (tasks.pool), check the
+current state first and do nothing when the step is already done, log what they did and return a typed result.
+Mutating tasks never retry (rerun the flow: every step is idempotent); verification tasks poll with tenacity
+(short first wait that grows, an explicit deadline, retry only while "not there yet", every attempt logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+from prefect import get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+from pydantic import BaseModel, Field
+
+from metascale import config as cfg
+from metascale import steps, waits
+from metascale.steps import StepResult
+from metascale.errors import ClusterNotConverged, ConfigEditError, MetaScaleError, PlanRefused
+from metascale.inventory import Inventory, MetaNode, QueryNode, load_inventory
+from metascale.plan import ClusterView, FileChange, HostFacts, NewNodeSpec, NodeChange, ScalePlan
+from metascale.status import ClusterStatus
+from metascale.status import read_cluster_status as core_read_cluster_status
+from tasks.pool import pool_for
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+PROBE_TIMEOUT_S = 8.0
+SETTLE_S = 3.0
+META_BINARY = "/usr/bin/databend-meta"
+
+
+class Progress(BaseModel):
+    """Where a run is (the step being carried out) and every StepResult so far; used in the final message."""
+
+    step: str = "plan"
+    results: list[StepResult] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    restored: list[str] = Field(default_factory=list, description="undone after a failure (the cluster never took it)")
+    started: float = Field(default_factory=time.monotonic)
+    waited_s: float = Field(default=0.0, description="seconds spent inside verify_* tasks (waiting on the cluster)")
+
+    def verify(self, step: str, call: Callable[[], T]) -> T:
+        """Run the verification ``call`` as step ``step``, adding its duration to ``waited_s``."""
+        self.step = step
+        began = time.monotonic()
+        try:
+            return call()
+        finally:
+            self.waited_s += time.monotonic() - began
+
+    def record(self, results: list[StepResult]) -> None:
+        """Append ``results``."""
+        self.results.extend(results)
+
+    @property
+    def changed(self) -> list[StepResult]:
+        """Return the results that changed something."""
+        return [r for r in self.results if r.changed]
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
+    """Return the run logger inside a flow/task run, else this module's logger (``task.fn`` in tests)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+def _log(result: StepResult) -> StepResult:
+    """Log ``result`` to the run logger and return it."""
+    _logger().info("%s on %s: %s", result.step, result.host, result.detail)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- reading facts
+def _status_nodes(inventory: Inventory, nodes: list[MetaNode] | None) -> list[MetaNode]:
+    return list(nodes) if nodes is not None else list(inventory.meta_nodes)
+
+
+@task(name="read-cluster-status", task_run_name="read cluster status of {inventory.name}", cache_policy=NO_CACHE,
+      retries=0)
+def read_cluster_status(inventory: Inventory, nodes: list[MetaNode] | None = None,
+                        settle_s: float = SETTLE_S) -> ClusterStatus:
+    """Ask every meta node (or ``nodes``) for `databend-metactl status`; record who answers. Read-only.
+
+    Right after a membership change a follower can lag for a moment; when the answering nodes disagree (or no
+    leader is agreed), the read is repeated for up to ``settle_s`` seconds and the last snapshot is returned.
+    """
+    read = _status_reader(inventory, nodes)
+    try:
+        status = waits.wait_until(read, lambda s: s.leader_id is not None and s.agrees_on_membership(),
+                                  expected="answering nodes agree on leader and voters", timeout_s=settle_s)
+    except ClusterNotConverged:
+        status = read()
+    _logger().info("%s", status.summary())
+    return status
+
+
+def cluster_view(status: ClusterStatus) -> ClusterView:
+    """Return the planner's view of ``status``: leader, voters, learners, who answers, disagreements. Pure."""
+    answered = [p for p in status.probes if p.status is not None]
+    voters = status.voter_ids
+    learners = status.non_voter_ids
+    if voters is None:
+        views = Counter(tuple(p.status.voter_ids) for p in answered if p.status)
+        voters = list(views.most_common(1)[0][0]) if views else []
+        learners = learners or []
+    addrs: dict[int, str] = {}
+    for probe in answered:
+        assert probe.status is not None
+        for record in [*probe.status.voters, *probe.status.non_voters]:
+            addrs.setdefault(record.node_id, record.raft_addr)
+    disagreements: tuple[str, ...] = ()
+    if answered and not status.agrees_on_membership():
+        disagreements = tuple(
+            f"meta-{p.node_id} sees leader {p.status.leader_id} and voters {p.status.voter_ids}"
+            for p in answered if p.status
+        )
+    return ClusterView(
+        cluster=status.cluster, leader_id=status.leader_id, voters=frozenset(voters),
+        learners=frozenset(learners or []),
+        answering={p.node_id: (p.status.last_applied_index or p.status.last_log_index or 0)
+                   for p in answered if p.status},
+        node_addrs=addrs, disagreements=disagreements,
+    )
+
+
+@task(name="check-host-reachable", task_run_name="check SSH to {host}", cache_policy=NO_CACHE, retries=0)
+def check_host_reachable(inventory: Inventory, host: str) -> bool:
+    """Return True when ``host`` accepts our SSH key and runs a command. Read-only."""
+    try:
+        pool_for(inventory).remote(host).run(["true"], timeout_s=PROBE_TIMEOUT_S)
+        return True
+    except MetaScaleError as exc:
+        _logger().warning("%s is not reachable over SSH: %s", host, exc)
+        return False
+
+
+def reachable_hosts(inventory: Inventory, hosts: list[str]) -> set[str]:
+    """Return the subset of ``hosts`` reachable over SSH (checked in parallel)."""
+    if not hosts:
+        return set()
+    futures = check_host_reachable.map(unmapped(inventory), hosts)
+    return {h for h, ok in zip(hosts, futures.result(), strict=True) if ok}
+
+
+def _listening_ports(text: str) -> set[int]:
+    """Return the TCP ports in LISTEN state (st 0A) from /proc/net/tcp{,6} text. Pure."""
+    ports = set()
+    for line in text.splitlines()[0:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and ":" in fields[1]:
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@task(name="check-new-host", task_run_name="pre-flight checks on {spec.host}", cache_policy=NO_CACHE, retries=0)
+def check_new_host(inventory: Inventory, spec: NewNodeSpec) -> HostFacts:
+    """Return what the new host offers: SSH, the databend-meta package, busy ports, the service state. Read-only."""
+    try:
+        remote = pool_for(inventory).remote(spec.host)
+        has_package = remote.run(["test", "-x", META_BINARY], check=False).ok
+        ports = _listening_ports(remote.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], check=False).stdout)
+        active = remote.run(["systemctl", "is-active", inventory.paths.meta_service], check=False).stdout.strip()
+    except MetaScaleError as exc:
+        return HostFacts(host=spec.host, reachable=False, reason=str(exc))
+    facts = HostFacts(host=spec.host, reachable=True, has_package=has_package, busy_ports=tuple(sorted(ports)),
+                      meta_active=active == "active")
+    _logger().info("%s: package=%s listening=%s meta service %s", spec.host, has_package,
+                          sorted(ports & {spec.raft_port, spec.grpc_port, spec.admin_port}), active)
+    return facts
+
+
+def _read_or_refuse(inventory: Inventory, host: str, path: str, action: str) -> str:
+    try:
+        return pool_for(inventory).remote(host).read_text(path)
+    except MetaScaleError as exc:
+        raise PlanRefused(action, f"cannot read {host}:{path}: {exc}") from None
+
+
+@task(name="preview-file-changes", task_run_name="compute file diffs for the plan", cache_policy=NO_CACHE,
+      retries=0)
+def preview_file_changes(inventory: Inventory, plan: ScalePlan) -> list[FileChange]:
+    """Read every config file the plan touches and return the unified diff of each. Read-only.
+
+    Raises: PlanRefused when a file cannot be read or is not valid (bad TOML, no [raft_config] / [meta]).
+    """
+    action = plan.action
+    paths = inventory.paths
+    removed = {c.node_id for c in plan.changes if c.action == "remove"}
+    dead = {c.host for c in plan.changes if c.host_dead}
+    changes: list[FileChange] = []
+    try:
+        adds = [c for c in plan.changes if c.action == "add"]
+        source_text = ""
+        if adds:
+            source = source_node(inventory, plan)
+            source_text = _read_or_refuse(inventory, source.host, paths.meta_config, action)
+            cfg.read_join(source_text, path=f"{source.host}:{paths.meta_config}")
+        for change in adds:
+            node = as_meta_node(change)
+            label = f"{node.host}:{paths.meta_config}"
+            current = "" if change.already_member else _read_or_refuse(inventory, node.host, paths.meta_config,
+                                                                        action)
+            if change.already_member:
+                continue
+            wanted = cfg.set_node_identity(source_text, node_id=node.node_id, host=node.host,
+                                           join=list(change.join), raft_port=node.raft_port,
+                                           grpc_port=node.grpc_port, admin_port=node.admin_port, path=label)
+            wanted = cfg.set_join(wanted, cfg.join_without_self(wanted, plan.join_after, path=label), path=label)
+            changes.append(FileChange(host=node.host, path=paths.meta_config,
+                                      diff=cfg.unified_diff(current, wanted, label)))
+        for node in inventory.meta_nodes:
+            if node.node_id in removed or node.host in dead:
+                continue
+            label = f"{node.host}:{paths.meta_config}"
+            current = _read_or_refuse(inventory, node.host, paths.meta_config, action)
+            wanted = cfg.set_join(current, cfg.join_without_self(current, plan.join_after, path=label), path=label)
+            changes.append(FileChange(host=node.host, path=paths.meta_config,
+                                      diff=cfg.unified_diff(current, wanted, label)))
+        for query in inventory.query_nodes:
+            label = f"{query.host}:{paths.query_config}"
+            current = _read_or_refuse(inventory, query.host, paths.query_config, action)
+            wanted = cfg.set_meta_endpoints(current, list(plan.endpoints_after), path=label)
+            changes.append(FileChange(host=query.host, path=paths.query_config,
+                                      diff=cfg.unified_diff(current, wanted, label)))
+    except ConfigEditError as exc:
+        raise PlanRefused(action, str(exc)) from None
+    return changes
+
+
+def source_node(inventory: Inventory, plan: ScalePlan) -> MetaNode:
+    """Return the existing node whose config a new node copies: the leader when known, else the first voter."""
+    existing = {n.node_id: n for n in inventory.meta_nodes}
+    if plan.leader_before in existing:
+        return existing[plan.leader_before]  # type: ignore[index]
+    for node_id in plan.voters_before:
+        if node_id in existing:
+            return existing[node_id]
+    raise PlanRefused(plan.action, f"no existing meta node of cluster {plan.cluster} to copy the config from")
+
+
+def as_meta_node(change: NodeChange) -> MetaNode:
+    """Return the MetaNode a plan change describes."""
+    return MetaNode(id=change.node_id, host=change.host, raft_port=change.raft_port, grpc_port=change.grpc_port,
+                    admin_port=change.admin_port)
+
+
+# ------------------------------------------------------------------------------------------------ scale-up steps
+@task(name="copy-config-from-existing-node", task_run_name="copy the meta config from {source.host}",
+      cache_policy=NO_CACHE, retries=0)
+def copy_config_from_existing_node(inventory: Inventory, source: MetaNode) -> str:
+    """Runbook scale up 1: read the config of an existing node (the copy is written by write_new_node_config)."""
+    text = steps.copy_config_from_existing_node(pool_for(inventory).remote(source), inventory, source)
+    _logger().info("copied %s from meta-%d (%s), %d bytes", inventory.paths.meta_config, source.node_id,
+                          source.host, len(text))
+    return text
+
+
+@task(name="write-new-node-config", task_run_name="write the meta config of meta-{node.node_id} on {node.host}",
+      cache_policy=NO_CACHE, retries=0)
+def write_new_node_config(inventory: Inventory, node: MetaNode, source_text: str, join: list[str]) -> StepResult:
+    """Runbook scale up 2: the copied config with this node's id, advertise host, `single` off and `join`."""
+    return _log(steps.write_new_node_config(pool_for(inventory).remote(node), inventory, node, source_text, join))
+
+
+@task(name="start-meta-service", task_run_name="start databend-meta on {node.host}", cache_policy=NO_CACHE,
+      retries=0)
+def start_meta_service(inventory: Inventory, node: MetaNode) -> StepResult:
+    """Runbook scale up 3: enable and start databend-meta. Idempotent."""
+    return _log(steps.start_meta_service(pool_for(inventory).remote(node), inventory))
+
+
+def _attempt_logger(what: str) -> Callable[[int, object], None]:
+    """Return an ``on_attempt`` callback that logs each poll of a wait to the run logger."""
+    logger = _logger()
+    started = time.monotonic()
+
+    def log_attempt(attempt: int, seen: object) -> None:
+        text = seen.summary() if isinstance(seen, ClusterStatus) else str(seen)
+        logger.info("%s: attempt %d after %.2f s: %s", what, attempt, time.monotonic() - started, text)
+
+    return log_attempt
+
+
+def _wait_until(what: str, read: Callable[[], ClusterStatus], not_yet: Callable[[ClusterStatus], str | None],
+                deadline_s: float) -> ClusterStatus:
+    """Poll ``read`` (metascale.waits: short first wait that grows) until ``not_yet`` is None; log each attempt.
+
+    Raises: ClusterNotConverged with the last observation when ``deadline_s`` passes.
+    """
+    started = time.monotonic()
+    status = waits.wait_until(read, lambda s: not_yet(s) is None, expected=what, timeout_s=deadline_s,
+                              describe=lambda s: f"{not_yet(s)}; {s.summary()}", on_attempt=_attempt_logger(what))
+    _logger().info("%s: done after %.2f s", what, time.monotonic() - started)
+    return status
+
+
+def _status_reader(inventory: Inventory, nodes: list[MetaNode] | None = None) -> Callable[[], ClusterStatus]:
+    asked = _status_nodes(inventory, nodes)
+    return lambda: core_read_cluster_status(pool_for(inventory), inventory, PROBE_TIMEOUT_S, nodes=asked)
+
+
+@task(name="verify-node-joined", task_run_name="wait until meta-{node.node_id} is a voter", cache_policy=NO_CACHE,
+      retries=0)
+def verify_node_joined(inventory: Inventory, node: MetaNode, deadline_s: float) -> ClusterStatus:
+    """Runbook scale up 4: wait until the leader lists ``node`` as a voter and the node answers."""
+    nodes = [*[n for n in inventory.meta_nodes if n.node_id != node.node_id], node]
+
+    def not_yet(status: ClusterStatus) -> str | None:
+        if status.leader_id is None:
+            return status.unhealthy_reason() or "no leader"
+        if node.node_id not in (status.voter_ids or []):
+            return f"voters are {status.voter_ids}, meta-{node.node_id} not yet among them"
+        if node.node_id not in status.answering_ids:
+            return f"meta-{node.node_id} does not answer yet"
+        return None
+
+    return _wait_until(f"meta-{node.node_id} joins as a voter", _status_reader(inventory, nodes), not_yet,
+                       deadline_s)
+
+
+@task(name="update-join-on-existing-nodes", task_run_name="set join on meta-{node.node_id} ({node.host})",
+      cache_policy=NO_CACHE, retries=0)
+def update_join_on_existing_nodes(inventory: Inventory, node: MetaNode, join_all: list[str]) -> StepResult:
+    """Runbook scale up 5 / scale down 8: `[raft_config].join` = every meta node (not itself); `single` off."""
+    return _log(steps.update_join(pool_for(inventory).remote(node), inventory, node, join_all))
+
+
+@task(name="update-query-meta-endpoints", task_run_name="set meta endpoints on {query.host}",
+      cache_policy=NO_CACHE, retries=0)
+def update_query_meta_endpoints(inventory: Inventory, query: QueryNode, endpoints: list[str]) -> StepResult:
+    """Runbook scale up 6 / scale down 9: `[meta].endpoints` = the meta nodes' gRPC addresses."""
+    return _log(steps.update_query_meta_endpoints(pool_for(inventory).remote(query), inventory, query, endpoints))
+
+
+# ---------------------------------------------------------------------------------------------- scale-down steps
+@task(name="check-leader", task_run_name="check the leader of {inventory.name}", cache_policy=NO_CACHE,
+      retries=2, retry_delay_seconds=[1, 3])
+def check_leader(inventory: Inventory, nodes: list[MetaNode] | None = None) -> int | None:
+    """Runbook scale down 1: return the leader id a majority agrees on (None when there is none). Read-only."""
+    status = _status_reader(inventory, nodes)()
+    _logger().info("leader of %s: %s", inventory.name, status.leader_id)
+    return status.leader_id
+
+
+@task(name="transfer-leadership", task_run_name="move leadership off meta-{leader.node_id} to meta-{target}",
+      cache_policy=NO_CACHE, retries=0)
+def transfer_leadership(inventory: Inventory, leader: MetaNode, target: int) -> StepResult:
+    """Runbook scale down 2: `databend-metactl transfer-leader --to <target>` on the leader's own admin API."""
+    return _log(steps.transfer_leadership(pool_for(inventory).remote(leader), leader, target))
+
+
+@task(name="verify-leadership-moved", task_run_name="wait until meta-{node_id} is no longer the leader",
+      cache_policy=NO_CACHE, retries=0)
+def verify_leadership_moved(inventory: Inventory, node_id: int, deadline_s: float) -> int:
+    """Runbook scale down 3: wait until a majority agrees on a leader other than ``node_id``; return it."""
+
+    def not_yet(status: ClusterStatus) -> str | None:
+        if status.leader_id is None:
+            return status.unhealthy_reason() or "no leader"
+        return f"meta-{node_id} is still the leader" if status.leader_id == node_id else None
+
+    status = _wait_until(f"leadership moves off meta-{node_id}", _status_reader(inventory), not_yet, deadline_s)
+    return status.leader_id  # type: ignore[return-value]
+
+
+@task(name="leave-cluster", task_run_name="remove meta-{node_id} via {via}", cache_policy=NO_CACHE, retries=0)
+def leave_cluster(inventory: Inventory, node_id: int, via: list[str], timeout_s: float) -> StepResult:
+    """Runbook scale down 4: `databend-meta --leave-id N --leave-via A ...`, run on a remaining node.
+
+    A no-op when that node no longer lists ``node_id`` as a member. Raises RemoteTimeout after ``timeout_s``
+    (a leave that cannot reach quorum hangs).
+    """
+    by_addr = {n.raft_addr: n for n in inventory.meta_nodes}
+    runners = [by_addr[a] for a in via if a in by_addr]
+    if not runners:
+        raise PlanRefused("scale-down", f"none of the leave-via addresses {via} is a meta node of the inventory")
+    runner = runners[0]
+    return _log(steps.leave_cluster(pool_for(inventory).remote(runner), node_id, via, timeout_s, probe=runner))
+
+
+@task(name="verify-node-removed", task_run_name="wait until meta-{node_id} is removed", cache_policy=NO_CACHE,
+      retries=0)
+def verify_node_removed(inventory: Inventory, node_id: int, voters_after: list[int], deadline_s: float) -> None:
+    """Runbook scale down 5: wait until voters are ``voters_after`` and no node lists ``node_id`` as a member."""
+    rest = [n for n in inventory.meta_nodes if n.node_id != node_id]
+
+    def not_yet(status: ClusterStatus) -> str | None:
+        if status.leader_id is None:
+            return status.unhealthy_reason() or "no leader"
+        if status.voter_ids != sorted(voters_after):
+            return f"voters are {status.voter_ids}, expected {sorted(voters_after)}"
+        return f"meta-{node_id} is still a learner" if status.is_member(node_id) else None
+
+    _wait_until(f"meta-{node_id} is removed", _status_reader(inventory, rest), not_yet, deadline_s)
+
+
+@task(name="stop-meta-service", task_run_name="stop databend-meta on {node.host}", cache_policy=NO_CACHE, retries=0)
+def stop_meta_service(inventory: Inventory, node: MetaNode) -> StepResult:
+    """Runbook scale down 6: stop AND disable databend-meta (so a reboot does not start it). Idempotent."""
+    return _log(steps.stop_meta_service(pool_for(inventory).remote(node), inventory, disable=True))
+
+
+@task(name="retire-raft-dir", task_run_name="move the raft dir of meta-{node.node_id} aside", cache_policy=NO_CACHE,
+      retries=0)
+def retire_raft_dir(inventory: Inventory, node: MetaNode) -> StepResult:
+    """Move the removed node's raft dir aside so it can never come back with the old membership. Idempotent."""
+    return _log(steps.retire_raft_dir(pool_for(inventory).remote(node), inventory))
+
+
+@task(name="verify-cluster-stable", task_run_name="wait until voters are {voters}", cache_policy=NO_CACHE, retries=0)
+def verify_cluster_stable(inventory: Inventory, nodes: list[MetaNode], voters: list[int], deadline_s: float,
+                          already_silent: list[int] | None = None) -> ClusterStatus:
+    """Runbook scale down 7: wait until ``nodes`` agree on a leader and exactly ``voters``, all answering except
+    ``already_silent`` (voters that did not answer before this run started: they are not this run's doing)."""
+    tolerated = set(already_silent or [])
+
+    def not_yet(status: ClusterStatus) -> str | None:
+        reason = status.stable_reason(voters)
+        if reason is None:
+            return None
+        silent = set(voters) - set(status.answering_ids)
+        if silent and silent <= tolerated and status.leader_id is not None and status.voter_ids == sorted(voters):
+            return None if status.agrees_on_membership() else reason
+        return reason
+
+    return _wait_until(f"cluster stable with voters {sorted(voters)}", _status_reader(inventory, nodes), not_yet,
+                       deadline_s)
+
+
+# ---------------------------------------------------------------------------------------- diagnostics, inventory
+@task(name="collect-diagnostics", task_run_name="collect diagnostics from {host}", cache_policy=NO_CACHE, retries=0)
+def collect_diagnostics(inventory: Inventory, host: str) -> str:
+    """Troubleshooting: service status, journal and log tail from ``host``, as markdown. Never raises."""
+    try:
+        return steps.collect_diagnostics(pool_for(inventory).remote(host), inventory)
+    except MetaScaleError as exc:
+        return f"# diagnostics for {host}\nunreachable or failed: {exc}\n"
+
+
+@task(name="record-inventory", task_run_name="record the inventory of {inventory.name}", cache_policy=NO_CACHE,
+      retries=0)
+def record_inventory(inventory: Inventory, inventory_path: str, cluster_block: str) -> StepResult:
+    """Write ``inventory`` back where it came from: the TOML file (atomically, with a backup) or the block."""
+    if cluster_block:
+        from tasks.cluster_block import load_cluster, save_cluster_block
+
+        current, _ = load_cluster(cluster_block=cluster_block)
+        if current == inventory:
+            return _log(StepResult(step="record-inventory", host="prefect", changed=False,
+                                   detail=f"block {cluster_block} already lists meta {inventory.meta_ids}"))
+        save_cluster_block(cluster_block, inventory)
+        return _log(StepResult(step="record-inventory", host="prefect", changed=True,
+                               detail=f"block {cluster_block} now lists meta {inventory.meta_ids}"))
+    path = Path(inventory_path)
+    if load_inventory(path) == inventory:
+        return _log(StepResult(step="record-inventory", host="localhost", changed=False,
+                               detail=f"{path} already lists meta {inventory.meta_ids}"))
+    backup = path.with_name(f"{path.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.bak")
+    backup.write_bytes(path.read_bytes())
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(inventory.to_toml())
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _log(StepResult(step="record-inventory", host="localhost", changed=True,
+                           detail=f"{path} now lists meta {inventory.meta_ids} (backup {backup})",
+                           backup_path=str(backup)))
+
+
+@task(name="restore-config-from-backup", task_run_name="restore {path} on {host} from its backup",
+      cache_policy=NO_CACHE, retries=0)
+def restore_config_from_backup(inventory: Inventory, host: str, path: str, backup_path: str) -> StepResult:
+    """Put the backup ``backup_path`` back in place of ``path`` (atomically; the replaced text is backed up too)."""
+    remote = pool_for(inventory).remote(host)
+    wanted = remote.read_text(backup_path)
+    current = remote.read_text(path)
+    if current == wanted:
+        return _log(StepResult(step="restore-config-from-backup", host=host, changed=False,
+                               detail=f"{path} already equals {backup_path}"))
+    remote.write_text_atomic(path, wanted)
+    return _log(StepResult(step="restore-config-from-backup", host=host, changed=True,
+                           detail=f"restored {path} from {backup_path}", backup_path=backup_path))
+
+
+@task(name="stop-new-node", task_run_name="stop databend-meta on {node.host} (never joined)", cache_policy=NO_CACHE,
+      retries=0)
+def stop_new_node(inventory: Inventory, node: MetaNode) -> StepResult:
+    """Stop and disable databend-meta on a new node that never became a voter (undo of start_meta_service)."""
+    return _log(steps.stop_meta_service(pool_for(inventory).remote(node), inventory, disable=True))

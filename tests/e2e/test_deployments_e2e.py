@@ -1,0 +1,150 @@
+"""End to end, the way a team runs it: Prefect server on PostgreSQL, `prefect deploy --all`, a worker on the process
+pool, a scale-down with approval triggered and approved through the REST API, checked on the lab and in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployments import rest
+from deployments.local_server import ManagedProcess, prefect_executable, server_env, start_process, start_prefect_server
+from deployments.specs import DEPLOYMENT_NAMES, PROJECT_ROOT, WORK_POOL, load_specs, to_runner_deployments
+from tests.e2e import browser
+from tests.e2e.postgres import start_private_postgres
+
+pytestmark = pytest.mark.lab
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def pg_api() -> Iterator[tuple[str, dict[str, str]]]:
+    """A Prefect server on a private PostgreSQL; yields (API URL, environment for Prefect subprocesses)."""
+    postgres = start_private_postgres()
+    home = Path(tempfile.mkdtemp(prefix="metascale-e2e-home-"))
+    try:
+        server, api_url = start_prefect_server(home, database_url=postgres.url)
+        try:
+            env = server_env(home, api_url, postgres.url)
+            env["PWD"] = str(PROJECT_ROOT)  # prefect.yaml's pull step: "{{ $PWD }}"
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+            yield api_url, env
+        finally:
+            server.stop()
+    finally:
+        postgres.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_cli(argv: list[str], env: dict[str, str], timeout_s: float = 180) -> str:
+    result = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout_s,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def deployed(pg_api: tuple[str, dict[str, str]], lab: Any) -> dict[str, dict[str, Any]]:
+    """Setup (pool, block types, `lab` block + key Secret, limit) and `prefect deploy --all`; name → deployment."""
+    api_url, env = pg_api
+    run_cli([sys.executable, "-m", "deployments.setup", "--cluster-block", "lab", "--inventory", str(lab.inventory),
+             "--ssh-key-file", str(lab.key_file)], env)
+    run_cli([prefect_executable(), "--no-prompt", "deploy", "--all"], env)
+    return {name: rest.read_deployment(api_url, name, name) for name in DEPLOYMENT_NAMES}
+
+
+@pytest.fixture(scope="module")
+def worker(pg_api: tuple[str, dict[str, str]], deployed: dict[str, Any]) -> Iterator[ManagedProcess]:
+    """`prefect worker start` on the process pool; stopped with TERM, then escalated (prefect-notes §4)."""
+    _, env = pg_api
+    process = start_process("worker", [prefect_executable(), "worker", "start", "--pool", WORK_POOL, "--name",
+                                       f"e2e-{os.getpid()}"], env=env,
+                            log_path=ARTIFACTS / "e2e-worker.log", cwd=PROJECT_ROOT)
+    try:
+        yield process
+    finally:
+        process.stop(term_wait_s=10)
+        assert process.popen.poll() is not None, f"worker pid {process.pid} survived TERM, TERM, KILL"
+
+
+def _schedules(deployment: dict[str, Any]) -> list[tuple[str, str, bool, dict[str, Any]]]:
+    return sorted((s["schedule"]["cron"], s["schedule"]["timezone"], s["active"], s.get("parameters") or {})
+                  for s in deployment["schedules"])
+
+
+def test_deployed_schedules_exist_with_their_timezone(deployed: dict[str, dict[str, Any]]) -> None:
+    assert _schedules(deployed["cluster-check"])[0][:3] == ("0 * * * *", "UTC", True)
+    for name in ("scale-up", "scale-down"):
+        (schedule,) = _schedules(deployed[name])
+        assert schedule[1] == "Europe/Berlin" and schedule[2] is False, f"{name} must ship an inactive schedule"
+        assert deployed[name]["work_pool_name"] == WORK_POOL
+
+
+def test_prefect_yaml_and_serve_define_the_same_deployments(deployed: dict[str, dict[str, Any]]) -> None:
+    served = {d.name: d for d in to_runner_deployments(load_specs())}
+
+    assert set(served) == set(deployed) == set(DEPLOYMENT_NAMES)
+    for name, api in deployed.items():
+        mine = served[name]
+        assert api["description"] == mine.description
+        assert sorted(api["tags"]) == sorted(mine.tags)
+        assert api["parameters"] == mine.parameters
+        assert _schedules(api) == sorted((s.schedule.cron, s.schedule.timezone, s.active, s.parameters or {})
+                                         for s in mine.schedules)
+        assert api["parameter_openapi_schema"]["properties"].keys() == mine._parameter_openapi_schema.properties.keys()
+
+
+def test_scale_down_with_approval_through_the_rest_api(pg_api: tuple[str, dict[str, str]],
+                                                       deployed: dict[str, dict[str, Any]], worker: ManagedProcess,
+                                                       fresh_lab: Any) -> None:
+    api_url, _ = pg_api
+    _, voters_before = fresh_lab.meta_status("meta1")
+    assert voters_before == {1, 2, 3}
+    parameters = {"cluster_block": "lab", "node_ids": [3], "require_approval": True, "approval_timeout_s": 600}
+
+    triggered = time.monotonic()
+    run = rest.create_flow_run(api_url, deployed["scale-down"]["id"], parameters)
+    paused = rest.wait_for_state(api_url, run["id"], {"PAUSED"}, timeout_s=240)
+    to_paused_s = time.monotonic() - triggered
+
+    assert rest.state_type(paused) == "PAUSED", f"{paused['name']}: {paused['state']}\n{worker.log_tail()}"
+    assert paused["parameters"]["node_ids"] == [3]
+    plans = [a for a in rest.artifacts_of(api_url, run["id"]) if (a.get("key") or "").startswith("plan-")]
+    assert plans, "the plan is published before the approval pause"
+    plan_text = str(plans[0]["data"])
+    assert plan_text.startswith("# Plan: scale-down on cluster `lab`") and "meta-3" in plan_text
+    with pytest.raises(rest.PrefectApiError, match="REJECT"):   # not a boolean: the API refuses, run stays paused
+        rest.resume_flow_run(api_url, run["id"], {"approve": "yes please", "reason": "typo"})
+    assert rest.state_type(rest.read_flow_run(api_url, run["id"])) == "PAUSED"
+
+    approved = time.monotonic()
+    rest.resume_flow_run(api_url, run["id"], {"approve": True, "reason": "e2e test"})
+    final = rest.wait_for_state(api_url, run["id"], rest.TERMINAL_STATES, timeout_s=300)
+    finished = time.monotonic()
+
+    assert rest.state_type(final) == "COMPLETED", f"{final['state']}\n{worker.log_tail(60)}"
+    state_after, voters_after = fresh_lab.meta_status("meta1")
+    assert voters_after == {1, 2} and state_after in {"Leader", "Follower"}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "e2e-timings.json").write_text(json.dumps({
+        "trigger_to_paused_s": round(to_paused_s, 1), "approve_to_completed_s": round(finished - approved, 1),
+        "trigger_to_completed_s": round(finished - triggered, 1)}, indent=2))
+
+    page = browser.visible_text(browser.dump_dom(rest.ui_url(api_url, run["id"])))
+    assert final["name"] in page and "Completed" in page, page[:2000]
+    browser.screenshot(rest.ui_url(api_url, run["id"]), ARTIFACTS / "e2e-scale-down-run.png")
+    plan_url = f"{api_url.removesuffix('/api')}/artifacts/artifact/{plans[0]['id']}"
+    plan_page = browser.visible_text(browser.dump_dom(plan_url))
+    assert "Plan: scale-down on cluster lab" in plan_page, plan_page[:2000]
+    assert "tolerated failures" in plan_page
+    browser.screenshot(plan_url, ARTIFACTS / "e2e-scale-down-plan.png")
