@@ -23,13 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from metascale.errors import PlanRefused
 from metascale.inventory import Inventory, load_inventory, validate_host
 from metascale.plan import ScalePlan
+from metascale.preview import as_meta_node
 from metascale.status import ClusterStatus
 from tasks import runbook as rb
 
 _BLOCK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _UNSAFE_PATH_CHARS = set(";|&$`<>\\\"'\n\r\0*?(){}[]!#")
 LOCK_WAIT_S = 300.0
-PARALLEL_HOSTS = 8  # at most this many hosts are edited at once (query endpoints, join lists)
+LOCK_LEASE_S = 60  # a killed run frees the cluster lock after this long (the lease is renewed while held)
+PARALLEL_HOSTS = 16  # at most this many hosts are edited at once (query endpoints, join lists)
 
 
 class NewMetaNode(BaseModel):
@@ -145,7 +147,7 @@ def cluster_lock(cluster: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     name = lock_name(cluster)
     logger.info("waiting for the cluster lock %s (at most %.0f s)", name, wait_s)
     try:
-        with concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True):
+        with concurrency(name, occupy=1, timeout_seconds=wait_s, lease_duration=LOCK_LEASE_S, strict=True):
             logger.info("holding the cluster lock %s", name)
             yield
     except TimeoutError:
@@ -235,10 +237,10 @@ class ScaleOutcome(BaseModel):
     plan_markdown: str = ""
 
     @classmethod
-    def planned(cls, plan: ScalePlan, message: str) -> ScaleOutcome:
-        """Return the outcome of a run that stopped after the plan (dry run or nothing to do)."""
+    def planned(cls, plan: ScalePlan, message: str, *, dry_run: bool) -> ScaleOutcome:
+        """Return the outcome of a run that stopped after the plan (a dry run, or nothing to do)."""
         get_run_logger().info("%s", message)
-        return cls(action=plan.action, cluster=plan.cluster, dry_run=True, changed=False, message=message,
+        return cls(action=plan.action, cluster=plan.cluster, dry_run=dry_run, changed=False, message=message,
                    voters_before=list(plan.voters_before), voters_after=list(plan.voters_before),
                    plan_markdown=plan.to_markdown())
 
@@ -299,7 +301,7 @@ def fail_with_diagnostics(action: str, cluster: Inventory, plan: ScalePlan, prog
     except Exception as exc:  # diagnostics must never hide the real failure
         logger.warning("could not collect diagnostics: %s", exc)
     try:
-        extra = [rb.as_meta_node(c) for c in plan.changes if c.action == "add"]
+        extra = [as_meta_node(c) for c in plan.changes if c.action == "add"]
         nodes = [n for n in cluster.meta_nodes if n.host not in dead]
         nodes += [n for n in extra if n.node_id not in {m.node_id for m in nodes}]
         state = rb.read_cluster_status(cluster, nodes).summary()

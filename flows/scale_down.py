@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -24,6 +26,7 @@ from flows.common import (
 from metascale.errors import ClusterNotConverged, PlanRefused
 from metascale.inventory import Inventory
 from metascale.plan import NodeChange, ScalePlan, plan_scale_down
+from metascale.preview import view_of_cluster
 from tasks import runbook as rb
 from tasks.pool import run_pool
 
@@ -74,13 +77,13 @@ def scale_down(
         cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
         before = rb.read_cluster_status(cluster)
         reachable = rb.reachable_hosts(cluster, [n.host for n in cluster.meta_nodes if n.node_id in node_ids])
-        plan = plan_scale_down(cluster, rb.cluster_view(before), node_ids, force=force, reachable_hosts=reachable)
+        plan = plan_scale_down(cluster, view_of_cluster(before), node_ids, force=force, reachable_hosts=reachable)
         plan = plan.with_file_changes(rb.preview_file_changes(cluster, plan))
         publish_plan(plan)
         if dry_run:
-            return ScaleOutcome.planned(plan, "dry run: nothing was changed")
+            return ScaleOutcome.planned(plan, "dry run: nothing was changed", dry_run=True)
         if plan.nothing_to_do:
-            return ScaleOutcome.planned(plan, plan.summary())
+            return ScaleOutcome.planned(plan, plan.summary(), dry_run=False)
         check_maintenance_window(ACTION, maintenance_window, override_window)
         if require_approval:
             request_approval(ACTION, plan, approval_timeout_s)
@@ -100,7 +103,8 @@ def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, leave_tim
     current = cluster
     for change in plan.changes:
         _remove_one(current, change, progress, leave_timeout_s, deadline_s, plan.answering)
-        current = current.without_meta_node(change.node_id)
+        current = current.without_meta_node(change.node_id,
+                                             removed_at=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     remaining = list(current.meta_nodes)
     progress.step = "update join on the remaining meta nodes"
     progress.record(rb.update_join_on_existing_nodes.map(unmapped(current), remaining, unmapped(list(plan.join_after)))
@@ -132,12 +136,15 @@ def _remove_one(cluster: Inventory, change: NodeChange, progress: rb.Progress, l
     if change.host_dead:
         logger.warning("meta-%d (%s) is unreachable (force): not stopping its service nor retiring its raft dir; "
                        "do it by hand before that host comes back", node.node_id, node.host)
-        progress.skipped.append(f"stop/disable databend-meta and retire the raft dir on {node.host} (host dead)")
+        progress.skipped.append(f"stop/disable databend-meta, retire the raft dir and empty join on {node.host} "
+                                "(host dead)")
     else:
         progress.step = f"stop meta-{node.node_id}"
         progress.record([rb.stop_meta_service(cluster, node)])
         progress.step = f"retire the raft dir of meta-{node.node_id}"
         progress.record([rb.retire_raft_dir(cluster, node)])
+        progress.step = f"disarm the config of meta-{node.node_id}"
+        progress.record([rb.disarm_removed_node(cluster, node)])
     progress.verify("verify the cluster is stable",
                     lambda: rb.verify_cluster_stable(cluster, rest, list(change.voters_after), deadline_s,
                                                      sorted(set(change.voters_after) - set(answering))))

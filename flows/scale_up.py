@@ -25,6 +25,7 @@ from flows.common import (
 from metascale.errors import PlanRefused
 from metascale.inventory import Inventory, MetaNode
 from metascale.plan import NewNodeSpec, ScalePlan, plan_scale_up
+from metascale.preview import as_meta_node, source_node, view_of_cluster
 from metascale.status import ClusterStatus
 from tasks import runbook as rb
 from tasks.pool import run_pool
@@ -76,16 +77,16 @@ def scale_up(
         joined = _joined_but_unrecorded(cluster, specs, before)
         if joined:
             before = rb.read_cluster_status(cluster, [*cluster.meta_nodes, *joined])
-        view = rb.cluster_view(before)
+        view = view_of_cluster(before)
         facts = {s.host: f for s, f in zip(specs, rb.check_new_host.map(unmapped(cluster), specs).result(),
                                            strict=True)}
         plan = plan_scale_up(cluster, view, specs, facts)
         plan = plan.with_file_changes(rb.preview_file_changes(cluster, plan))
         publish_plan(plan)
         if dry_run:
-            return ScaleOutcome.planned(plan, "dry run: nothing was changed")
+            return ScaleOutcome.planned(plan, "dry run: nothing was changed", dry_run=True)
         if plan.nothing_to_do:
-            return ScaleOutcome.planned(plan, plan.summary())
+            return ScaleOutcome.planned(plan, plan.summary(), dry_run=False)
         check_maintenance_window(ACTION, maintenance_window, override_window)
         if require_approval:
             request_approval(ACTION, plan, approval_timeout_s)
@@ -102,7 +103,7 @@ def scale_up(
 
 def _joined_but_unrecorded(cluster: Inventory, specs: list[NewNodeSpec], status: ClusterStatus) -> list[MetaNode]:
     """Return the new hosts that a previous run already made voters but did not record (so they get probed)."""
-    view = rb.cluster_view(status)
+    view = view_of_cluster(status)
     by_addr = {addr: node_id for node_id, addr in view.node_addrs.items()}
     found = []
     for spec in specs:
@@ -118,10 +119,10 @@ def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, deadline_
     """Carry out ``plan`` (already approved); return the inventory as recorded at the end."""
     current = cluster
     for change in plan.changes:
-        node = rb.as_meta_node(change)
+        node = as_meta_node(change)
         if not change.already_member:
             progress.step = f"copy the config to {node.host}"
-            source = rb.source_node(current, plan)
+            source = source_node(current, plan)
             text = rb.copy_config_from_existing_node(current, source)
             progress.step = f"write the config of meta-{node.node_id}"
             progress.record([rb.write_new_node_config(current, node, text, list(change.join))])
@@ -151,7 +152,7 @@ def _undo_unjoined(cluster: Inventory, plan: ScalePlan, progress: rb.Progress) -
     if not added:
         return
     try:
-        nodes = [*cluster.meta_nodes, *[rb.as_meta_node(c) for c in added if c.node_id not in cluster.meta_ids]]
+        nodes = [*cluster.meta_nodes, *[as_meta_node(c) for c in added if c.node_id not in cluster.meta_ids]]
         voters = set(rb.read_cluster_status(cluster, nodes).voter_ids or [])
     except Exception as exc:  # unknown state: undo nothing rather than guess
         logger.warning("cannot tell which new nodes joined (%s); restoring nothing", exc)
@@ -159,7 +160,7 @@ def _undo_unjoined(cluster: Inventory, plan: ScalePlan, progress: rb.Progress) -
     for change in added:
         if change.node_id in voters:
             continue
-        node = rb.as_meta_node(change)
+        node = as_meta_node(change)
         mine = [r for r in progress.results if r.host == node.host and r.changed]
         try:
             if any(r.step == "start_meta_service" for r in mine):

@@ -164,6 +164,31 @@ def set_node_identity(
     return tomlkit.dumps(doc)
 
 
+DISARMED_MARK = "# metascale: this node was removed from its cluster"
+
+
+def disarm_removed_node(text: str, *, cluster: str, node_id: int, when: str, path: str = META_CONFIG) -> str:
+    """Return the config of a node that LEFT the cluster, made unable to start: ``join`` emptied, ``single`` off.
+
+    databend-meta refuses to start with neither ``single`` nor ``join`` ("at least one of `single` and `join`
+    needs to be enabled"), so a stray ``systemctl start`` can never re-join the old cluster nor found a new one.
+    A comment at the top says why and how to reuse the host. Idempotent. Raises: ConfigEditError.
+    """
+    if text.startswith(DISARMED_MARK):
+        return text
+    doc = _parse(text, path)
+    _table(doc, "raft_config", path)
+    if _single_is_on(doc):
+        doc = _parse(_comment_out_single(text, path), path)
+    raft = _table(doc, "raft_config", path)
+    if "join" in raft:
+        _set_array(raft, "join", [])
+    header = (f"{DISARMED_MARK} `{cluster}` (meta-{node_id}) at {when}.\n"
+              "# join is empty and single is off, so databend-meta refuses to start here. To reuse this host,\n"
+              "# add it again with `metascale scale-up` (it writes a fresh config).\n")
+    return header + tomlkit.dumps(doc)
+
+
 def join_without_self(text: str, addresses: Sequence[str], *, path: str = META_CONFIG) -> list[str]:
     """``addresses`` minus this node's own raft LISTEN address (databend-meta refuses a join that contains it).
 
@@ -208,6 +233,7 @@ def unified_diff(old: str, new: str, label: str) -> str:
 
 
 __all__ = [
+    "disarm_removed_node",
     "join_without_self",
     "read_join",
     "read_meta_endpoints",

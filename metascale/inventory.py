@@ -7,7 +7,10 @@ message names the bad key, the bad value and what is valid.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +185,22 @@ class MetaNode(BaseModel):
         return f"127.0.0.1:{self.admin_port}"
 
 
+class RemovedNode(BaseModel):
+    """A meta node that metascale removed from the cluster: kept so a rerun knows it is done, and so its id is
+    never handed out again (as etcd never reuses a member id)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+    node_id: int = Field(alias="id", ge=0)
+    host: str
+    removed_at: str = Field(default="", description="UTC time of the removal, e.g. 20261126T142233")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return validate_host(value)
+
+
 class QueryNode(BaseModel):
     """One databend-query node whose `[meta] endpoints` follow the meta cluster."""
 
@@ -221,6 +240,7 @@ class Inventory(BaseModel):
     paths: Paths = Paths()
     meta_nodes: list[MetaNode] = Field(alias="meta", min_length=1)
     query_nodes: list[QueryNode] = Field(default_factory=list, alias="query")
+    removed_nodes: list[RemovedNode] = Field(default_factory=list, alias="removed")
 
     @field_validator("name")
     @classmethod
@@ -279,8 +299,12 @@ class Inventory(BaseModel):
         return [n.grpc_addr for n in self.meta_nodes]
 
     def next_free_id(self) -> int:
-        """The smallest id above every existing meta node id (at least 1)."""
-        return max([0, *(n.node_id for n in self.meta_nodes)]) + 1
+        """The smallest id above every existing and every removed meta node id (at least 1): ids are not reused."""
+        return max([0, *(n.node_id for n in self.meta_nodes), *(r.node_id for r in self.removed_nodes)]) + 1
+
+    def removed_node(self, node_id: int) -> RemovedNode | None:
+        """Return the record of meta node ``node_id`` if metascale removed it earlier, else None."""
+        return next((r for r in reversed(self.removed_nodes) if r.node_id == node_id), None)
 
     def ssh_target(self, node: MetaNode | QueryNode | str) -> SshTarget:
         """SSH parameters for ``node`` (a node or a bare host): cluster settings with the node's overrides."""
@@ -301,16 +325,19 @@ class Inventory(BaseModel):
         """Return a copy with ``node`` appended. Raises InventoryError on a duplicate id or address."""
         return _validated(self._as_data(meta_nodes=[*self.meta_nodes, node]), f"inventory {self.name}")
 
-    def without_meta_node(self, node_id: int) -> Inventory:
-        """Return a copy without meta node ``node_id``. Raises InventoryError if it is unknown or the last one."""
-        self.meta_node(node_id)
+    def without_meta_node(self, node_id: int, removed_at: str = "") -> Inventory:
+        """Return a copy without meta node ``node_id``, recorded under ``[[removed]]``. Raises InventoryError if
+        it is unknown or the last one."""
+        node = self.meta_node(node_id)
         rest = [n for n in self.meta_nodes if n.node_id != node_id]
-        return _validated(self._as_data(meta_nodes=rest), f"inventory {self.name}")
+        removed = [*self.removed_nodes, RemovedNode(node_id=node_id, host=node.host, removed_at=removed_at)]
+        return _validated(self._as_data(meta_nodes=rest, removed_nodes=removed), f"inventory {self.name}")
 
     def _as_data(self, **replace: Any) -> dict[str, Any]:
         data = self.model_dump(by_alias=True, exclude_none=True)
-        if "meta_nodes" in replace:
-            data["meta"] = [n.model_dump(by_alias=True, exclude_none=True) for n in replace["meta_nodes"]]
+        for field, alias in (("meta_nodes", "meta"), ("removed_nodes", "removed")):
+            if field in replace:
+                data[alias] = [n.model_dump(by_alias=True, exclude_none=True) for n in replace[field]]
         return data
 
     def to_toml(self) -> str:
@@ -329,6 +356,11 @@ class Inventory(BaseModel):
             for q in data["query"]:
                 query.append(_table_with_inline_ssh(q))
             doc.add("query", query)
+        if data["removed"]:
+            removed = tomlkit.aot()
+            for r in data["removed"]:
+                removed.append(_table_with_inline_ssh(r))
+            doc.add("removed", removed)
         return tomlkit.dumps(doc)
 
 
@@ -401,6 +433,29 @@ def load_inventory(path: str | Path) -> Inventory:
     return parse_inventory(text, source=str(file), base_dir=file.parent)
 
 
+def write_inventory(inventory: Inventory, path: str | Path) -> str | None:
+    """Write ``inventory`` to the TOML file at ``path``, atomically, after a timestamped backup beside it.
+
+    Returns the backup path, or None when the file already describes ``inventory`` (nothing is written).
+    Side effects: ``<path>.<UTC ts>.bak`` and a rename in place (same mode). Raises: InventoryError, OSError.
+    """
+    file = Path(path)
+    if load_inventory(file) == inventory:
+        return None
+    backup = file.with_name(f"{file.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.bak")
+    backup.write_bytes(file.read_bytes())
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(inventory.to_toml())
+        os.chmod(tmp, file.stat().st_mode & 0o777)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return str(backup)
+
+
 __all__ = [
     "InventoryError",
     "DEFAULT_ADMIN_PORT",
@@ -410,10 +465,12 @@ __all__ = [
     "MetaNode",
     "Paths",
     "QueryNode",
+    "RemovedNode",
     "SshOverride",
     "SshSettings",
     "SshTarget",
     "load_inventory",
     "parse_inventory",
     "validate_host",
+    "write_inventory",
 ]

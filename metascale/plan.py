@@ -211,7 +211,7 @@ class ScalePlan(BaseModel):
         if self.nothing_to_do:
             return (
                 f"{self.action} on cluster {self.cluster}: nothing to do, voters already {_ids(self.voters_after)} "
-                f"and every config file already as wanted"
+                f"and every config file already as wanted" + "".join(f"; {note}" for note in self.notes)
             )
         verbs = [f"{'add' if c.action == 'add' else 'remove'} meta-{c.node_id} ({c.host})" for c in self.changes]
         return (
@@ -465,8 +465,9 @@ def plan_scale_down(
 ) -> ScalePlan:
     """Return the plan that removes ``node_ids`` one at a time, or raise PlanRefused. Pure.
 
-    A node that is neither a member nor in the inventory is reported as nothing to do; one that already left but
-    is still in the inventory is resumed (stop, retire, reconfigure, record).
+    A node that is neither a member nor in the inventory is refused, unless the inventory records it under
+    ``[[removed]]`` (a rerun of a finished removal: nothing to do); one that already left but is still in the
+    inventory is resumed (stop, retire, reconfigure, record).
     """
     action = "scale-down"
     if not node_ids:
@@ -480,9 +481,16 @@ def plan_scale_down(
         node = _inventory_node(inventory, node_id)
         if node_id not in view.members:
             if node is None:
+                removed = getattr(inventory, "removed_node", lambda _id: None)(node_id)
+                if removed is None:
+                    raise PlanRefused(
+                        action,
+                        f"meta-{node_id} is not a member of cluster {view.cluster} (voters {_ids(view.voters)}) "
+                        f"and not in the inventory; check the id (nothing was changed)",
+                    )
                 notes.append(
-                    f"meta-{node_id} is not a member of cluster {view.cluster} (voters {_ids(view.voters)}) and "
-                    f"not in the inventory: nothing to remove"
+                    f"meta-{node_id} ({removed.host}) was already removed from cluster {view.cluster}"
+                    f"{' at ' + removed.removed_at if removed.removed_at else ''}: nothing to remove"
                 )
                 continue
             changes.append(

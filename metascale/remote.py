@@ -34,6 +34,7 @@ from metascale.errors import (
     HostKeyRejected,
     HostUnreachable,
     InventoryError,
+    MetaScaleError,
     RemoteCommandError,
     RemoteTimeout,
     SshAuthFailed,
@@ -331,8 +332,10 @@ class ParamikoRemote:
                 handle.chmod(0o600)  # the text may hold secrets (query config passwords); private until installed
                 handle.write(text.encode("utf-8"))
         except OSError as exc:
+            self._remove_quietly(upload)
             raise RemoteCommandError(self.host, f"upload {upload}", None, f"{upload}: {exc}") from None
         except (paramiko.SSHException, EOFError) as exc:
+            self._remove_quietly(upload)  # reconnects once: a dropped upload leaves no partial file behind
             raise HostUnreachable(self.host, f"SFTP failed while uploading for {path}: {exc}") from None
         try:
             self.run(["install", "-o", owner, "-g", group, "-m", mode, "--", upload, staged], sudo=True)
@@ -340,6 +343,13 @@ class ParamikoRemote:
         finally:
             self.run(["rm", "-f", "--", upload, staged], sudo=True, check=False)
         return backup
+
+    def _remove_quietly(self, path: str) -> None:
+        """Best-effort ``rm -f path`` (cleanup after a failure; its own failure is only logged)."""
+        try:
+            self.run(["rm", "-f", "--", path], sudo=True, check=False)
+        except MetaScaleError as exc:
+            log.warning("%s: could not remove %s after a failed upload: %s", self.host, path, exc)
 
     def _free_backup_name(self, path: str) -> str:
         base = f"{path}.{_utc_stamp()}"

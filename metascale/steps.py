@@ -16,8 +16,10 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, ConfigDict
 
 from metascale import config
-from metascale.errors import ConfigEditError, PlanRefused, RemoteCommandError, RemoteTimeout
+from metascale.errors import ConfigEditError, MetaScaleError, PlanRefused, RemoteCommandError, RemoteTimeout
 from metascale.inventory import Inventory, MetaNode, QueryNode
+from metascale.plan import HostFacts, NewNodeSpec
+from metascale.preview import listening_ports
 from metascale.remote import Remote
 from metascale.status import read_node_status
 
@@ -74,6 +76,24 @@ def _reraise_with_host(exc: ConfigEditError, remote: Remote, path: str) -> Confi
 
 
 # ---- Scale up ---------------------------------------------------------------------------------------------------
+META_BINARY = "/usr/bin/databend-meta"
+
+
+def read_new_host_facts(remote: Remote, inventory: Inventory, spec: NewNodeSpec,
+                        timeout_s: float = 8.0) -> HostFacts:
+    """Pre-flight facts of a host about to become a meta node: SSH works, the package is installed, which TCP
+    ports listen, whether databend-meta already runs. Read-only; an unreachable host is a fact, not an error."""
+    try:
+        has_package = remote.run(["test", "-x", META_BINARY], check=False, timeout_s=timeout_s).ok
+        tcp = remote.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], check=False, timeout_s=timeout_s).stdout
+        active = remote.run(["systemctl", "is-active", inventory.paths.meta_service], check=False,
+                            timeout_s=timeout_s).stdout.strip()
+    except MetaScaleError as exc:
+        return HostFacts(host=spec.host, reachable=False, reason=str(exc))
+    return HostFacts(host=spec.host, reachable=True, has_package=has_package,
+                     busy_ports=tuple(sorted(listening_ports(tcp))), meta_active=active == "active")
+
+
 def copy_config_from_existing_node(remote: Remote, inventory: Inventory, node: MetaNode) -> str:
     """Runbook scale-up 1: return the meta config text of the existing ``node`` (``remote`` is its host).
 
@@ -202,6 +222,24 @@ def retire_raft_dir(remote: Remote, inventory: Inventory, dry_run: bool = False)
     remote.run(["install", "-d", "-o", owner, "-g", group, "-m", mode, raft_dir], sudo=True)
     return StepResult(step="retire_raft_dir", host=remote.host, changed=True,
                       detail=f"moved {raft_dir} to {target} and left an empty {raft_dir}", backup_path=target)
+
+
+def disarm_removed_node_config(remote: Remote, inventory: Inventory, node: MetaNode,
+                                dry_run: bool = False) -> StepResult:
+    """After a node left: empty its ``join`` and turn ``single`` off so the service can never start again there.
+
+    Together with the disabled unit and the retired raft dir this makes a re-join impossible, even by hand.
+    No-op when already disarmed. Raises: ConfigEditError, RemoteCommandError.
+    """
+    path = inventory.paths.meta_config
+    current = remote.read_text(path)
+    try:
+        wanted = config.disarm_removed_node(current, cluster=inventory.name, node_id=node.node_id, when=_stamp(),
+                                            path=path)
+    except ConfigEditError as exc:
+        raise _reraise_with_host(exc, remote, path) from None
+    return _rewrite_config(remote, "disarm_removed_node_config", path, current, wanted, dry_run,
+                           f"an empty join (meta-{node.node_id} removed from {inventory.name})")
 
 
 def update_join(remote: Remote, inventory: Inventory, node: MetaNode, addresses: Sequence[str],

@@ -114,7 +114,7 @@ def parse_window(spec: str) -> MaintenanceWindow:
     """
     match = _SPEC.match(spec)
     if match is None:
-        raise _bad(spec, "expected days, a time range and a timezone separated by spaces")
+        raise _bad(spec, "expected days, a time range and a time zone separated by spaces")
     start = _parse_minute(spec, match["start"])
     end = _parse_minute(spec, match["end"])
     if start == _MINUTES_PER_DAY:
@@ -126,7 +126,7 @@ def parse_window(spec: str) -> MaintenanceWindow:
     try:
         ZoneInfo(match["tz"])
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise _bad(spec, f"unknown timezone {match['tz']!r} (use an IANA name such as UTC or Europe/Berlin)") from exc
+        raise _bad(spec, f"unknown time zone {match['tz']!r} (use an IANA name such as UTC or Europe/Berlin)") from exc
     return MaintenanceWindow(spec=spec.strip(), days=_parse_days(spec, match["days"]), start_minute=start,
                              end_minute=end, timezone=match["tz"])
 

@@ -9,13 +9,9 @@ Mutating tasks never retry (rerun the flow: every step is idempotent); verificat
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TypeVar
 
 from prefect import get_run_logger, task, unmapped
@@ -23,21 +19,27 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, Field
 
-from metascale import config as cfg
-from metascale import steps, waits
-from metascale.steps import StepResult
-from metascale.errors import ClusterNotConverged, ConfigEditError, MetaScaleError, PlanRefused
-from metascale.inventory import Inventory, MetaNode, QueryNode, load_inventory
-from metascale.plan import ClusterView, FileChange, HostFacts, NewNodeSpec, NodeChange, ScalePlan
+from metascale import preview, steps, waits
+from metascale.errors import (
+    ClusterNotConverged,
+    HostKeyRejected,
+    HostUnreachable,
+    MetaScaleError,
+    MetaUnreachable,
+    PlanRefused,
+    SshAuthFailed,
+)
+from metascale.inventory import Inventory, MetaNode, QueryNode, write_inventory
+from metascale.plan import FileChange, HostFacts, NewNodeSpec, ScalePlan
 from metascale.status import ClusterStatus
 from metascale.status import read_cluster_status as core_read_cluster_status
+from metascale.steps import StepResult
 from tasks.pool import pool_for
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 8.0
 SETTLE_S = 3.0
-META_BINARY = "/usr/bin/databend-meta"
 
 
 class Progress(BaseModel):
@@ -107,41 +109,19 @@ def read_cluster_status(inventory: Inventory, nodes: list[MetaNode] | None = Non
     return status
 
 
-def cluster_view(status: ClusterStatus) -> ClusterView:
-    """Return the planner's view of ``status``: leader, voters, learners, who answers, disagreements. Pure."""
-    answered = [p for p in status.probes if p.status is not None]
-    voters = status.voter_ids
-    learners = status.non_voter_ids
-    if voters is None:
-        views = Counter(tuple(p.status.voter_ids) for p in answered if p.status)
-        voters = list(views.most_common(1)[0][0]) if views else []
-        learners = learners or []
-    addrs: dict[int, str] = {}
-    for probe in answered:
-        assert probe.status is not None
-        for record in [*probe.status.voters, *probe.status.non_voters]:
-            addrs.setdefault(record.node_id, record.raft_addr)
-    disagreements: tuple[str, ...] = ()
-    if answered and not status.agrees_on_membership():
-        disagreements = tuple(
-            f"meta-{p.node_id} sees leader {p.status.leader_id} and voters {p.status.voter_ids}"
-            for p in answered if p.status
-        )
-    return ClusterView(
-        cluster=status.cluster, leader_id=status.leader_id, voters=frozenset(voters),
-        learners=frozenset(learners or []),
-        answering={p.node_id: (p.status.last_applied_index or p.status.last_log_index or 0)
-                   for p in answered if p.status},
-        node_addrs=addrs, disagreements=disagreements,
-    )
-
-
 @task(name="check-host-reachable", task_run_name="check SSH to {host}", cache_policy=NO_CACHE, retries=0)
 def check_host_reachable(inventory: Inventory, host: str) -> bool:
-    """Return True when ``host`` accepts our SSH key and runs a command. Read-only."""
+    """Return True when ``host`` accepts our SSH key and runs a command, False when it does not answer. Read-only.
+
+    Raises: PlanRefused when the host answers but its host key or our login is refused: that host is alive and
+    must not be mistaken for a dead one (a forced removal would leave it running).
+    """
     try:
         pool_for(inventory).remote(host).run(["true"], timeout_s=PROBE_TIMEOUT_S)
         return True
+    except (HostKeyRejected, SshAuthFailed) as exc:
+        raise PlanRefused("pre-flight", f"{exc}; fix known_hosts or the SSH key for {host} and rerun "
+                                        "(the host answers, so it is not treated as dead)") from None
     except MetaScaleError as exc:
         _logger().warning("%s is not reachable over SSH: %s", host, exc)
         return False
@@ -155,106 +135,34 @@ def reachable_hosts(inventory: Inventory, hosts: list[str]) -> set[str]:
     return {h for h, ok in zip(hosts, futures.result(), strict=True) if ok}
 
 
-def _listening_ports(text: str) -> set[int]:
-    """Return the TCP ports in LISTEN state (st 0A) from /proc/net/tcp{,6} text. Pure."""
-    ports = set()
-    for line in text.splitlines()[0:]:
-        fields = line.split()
-        if len(fields) > 3 and fields[3] == "0A" and ":" in fields[1]:
-            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 @task(name="check-new-host", task_run_name="pre-flight checks on {spec.host}", cache_policy=NO_CACHE, retries=0)
 def check_new_host(inventory: Inventory, spec: NewNodeSpec) -> HostFacts:
     """Return what the new host offers: SSH, the databend-meta package, busy ports, the service state. Read-only."""
     try:
         remote = pool_for(inventory).remote(spec.host)
-        has_package = remote.run(["test", "-x", META_BINARY], check=False).ok
-        ports = _listening_ports(remote.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], check=False).stdout)
-        active = remote.run(["systemctl", "is-active", inventory.paths.meta_service], check=False).stdout.strip()
     except MetaScaleError as exc:
-        return HostFacts(host=spec.host, reachable=False, reason=str(exc))
-    facts = HostFacts(host=spec.host, reachable=True, has_package=has_package, busy_ports=tuple(sorted(ports)),
-                      meta_active=active == "active")
-    _logger().info("%s: package=%s listening=%s meta service %s", spec.host, has_package,
-                          sorted(ports & {spec.raft_port, spec.grpc_port, spec.admin_port}), active)
+        facts = HostFacts(host=spec.host, reachable=False, reason=str(exc))
+    else:
+        facts = steps.read_new_host_facts(remote, inventory, spec, PROBE_TIMEOUT_S)
+    if facts.reachable:
+        _logger().info("%s: package=%s listening=%s meta service active=%s", spec.host, facts.has_package,
+                       sorted(set(facts.busy_ports) & {spec.raft_port, spec.grpc_port, spec.admin_port}),
+                       facts.meta_active)
+    else:
+        _logger().warning("%s is not reachable over SSH: %s", spec.host, facts.reason)
     return facts
-
-
-def _read_or_refuse(inventory: Inventory, host: str, path: str, action: str) -> str:
-    try:
-        return pool_for(inventory).remote(host).read_text(path)
-    except MetaScaleError as exc:
-        raise PlanRefused(action, f"cannot read {host}:{path}: {exc}") from None
 
 
 @task(name="preview-file-changes", task_run_name="compute file diffs for the plan", cache_policy=NO_CACHE,
       retries=0)
 def preview_file_changes(inventory: Inventory, plan: ScalePlan) -> list[FileChange]:
-    """Read every config file the plan touches and return the unified diff of each. Read-only.
+    """Read every config file the plan touches and return the unified diff of each (metascale.preview). Read-only.
 
     Raises: PlanRefused when a file cannot be read or is not valid (bad TOML, no [raft_config] / [meta]).
     """
-    action = plan.action
-    paths = inventory.paths
-    removed = {c.node_id for c in plan.changes if c.action == "remove"}
-    dead = {c.host for c in plan.changes if c.host_dead}
-    changes: list[FileChange] = []
-    try:
-        adds = [c for c in plan.changes if c.action == "add"]
-        source_text = ""
-        if adds:
-            source = source_node(inventory, plan)
-            source_text = _read_or_refuse(inventory, source.host, paths.meta_config, action)
-            cfg.read_join(source_text, path=f"{source.host}:{paths.meta_config}")
-        for change in adds:
-            node = as_meta_node(change)
-            label = f"{node.host}:{paths.meta_config}"
-            current = "" if change.already_member else _read_or_refuse(inventory, node.host, paths.meta_config,
-                                                                        action)
-            if change.already_member:
-                continue
-            wanted = cfg.set_node_identity(source_text, node_id=node.node_id, host=node.host,
-                                           join=list(change.join), raft_port=node.raft_port,
-                                           grpc_port=node.grpc_port, admin_port=node.admin_port, path=label)
-            wanted = cfg.set_join(wanted, cfg.join_without_self(wanted, plan.join_after, path=label), path=label)
-            changes.append(FileChange(host=node.host, path=paths.meta_config,
-                                      diff=cfg.unified_diff(current, wanted, label)))
-        for node in inventory.meta_nodes:
-            if node.node_id in removed or node.host in dead:
-                continue
-            label = f"{node.host}:{paths.meta_config}"
-            current = _read_or_refuse(inventory, node.host, paths.meta_config, action)
-            wanted = cfg.set_join(current, cfg.join_without_self(current, plan.join_after, path=label), path=label)
-            changes.append(FileChange(host=node.host, path=paths.meta_config,
-                                      diff=cfg.unified_diff(current, wanted, label)))
-        for query in inventory.query_nodes:
-            label = f"{query.host}:{paths.query_config}"
-            current = _read_or_refuse(inventory, query.host, paths.query_config, action)
-            wanted = cfg.set_meta_endpoints(current, list(plan.endpoints_after), path=label)
-            changes.append(FileChange(host=query.host, path=paths.query_config,
-                                      diff=cfg.unified_diff(current, wanted, label)))
-    except ConfigEditError as exc:
-        raise PlanRefused(action, str(exc)) from None
-    return changes
-
-
-def source_node(inventory: Inventory, plan: ScalePlan) -> MetaNode:
-    """Return the existing node whose config a new node copies: the leader when known, else the first voter."""
-    existing = {n.node_id: n for n in inventory.meta_nodes}
-    if plan.leader_before in existing:
-        return existing[plan.leader_before]  # type: ignore[index]
-    for node_id in plan.voters_before:
-        if node_id in existing:
-            return existing[node_id]
-    raise PlanRefused(plan.action, f"no existing meta node of cluster {plan.cluster} to copy the config from")
-
-
-def as_meta_node(change: NodeChange) -> MetaNode:
-    """Return the MetaNode a plan change describes."""
-    return MetaNode(id=change.node_id, host=change.host, raft_port=change.raft_port, grpc_port=change.grpc_port,
-                    admin_port=change.admin_port)
+    pool = pool_for(inventory)
+    return preview.preview_file_changes(inventory, plan, lambda host, path: pool.remote(host).read_text(path),
+                                        when=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
 
 
 # ------------------------------------------------------------------------------------------------ scale-up steps
@@ -387,8 +295,19 @@ def leave_cluster(inventory: Inventory, node_id: int, via: list[str], timeout_s:
     runners = [by_addr[a] for a in via if a in by_addr]
     if not runners:
         raise PlanRefused("scale-down", f"none of the leave-via addresses {via} is a meta node of the inventory")
-    runner = runners[0]
-    return _log(steps.leave_cluster(pool_for(inventory).remote(runner), node_id, via, timeout_s, probe=runner))
+    failures: list[str] = []
+    for runner in runners:  # run it on the first remaining node that answers (the leader may have crashed)
+        try:
+            return _log(steps.leave_cluster(pool_for(inventory).remote(runner), node_id, via, timeout_s,
+                                            probe=runner))
+        except (HostUnreachable, MetaUnreachable) as exc:
+            if isinstance(exc, (HostKeyRejected, SshAuthFailed)):
+                raise
+            _logger().warning("cannot run the leave on meta-%d (%s): %s; trying the next node", runner.node_id,
+                              runner.host, exc)
+            failures.append(str(exc))
+    raise PlanRefused("scale-down", f"no remaining node could run the leave of meta-{node_id}: "
+                                    + "; ".join(failures))
 
 
 @task(name="verify-node-removed", task_run_name="wait until meta-{node_id} is removed", cache_policy=NO_CACHE,
@@ -418,6 +337,13 @@ def stop_meta_service(inventory: Inventory, node: MetaNode) -> StepResult:
 def retire_raft_dir(inventory: Inventory, node: MetaNode) -> StepResult:
     """Move the removed node's raft dir aside so it can never come back with the old membership. Idempotent."""
     return _log(steps.retire_raft_dir(pool_for(inventory).remote(node), inventory))
+
+
+@task(name="disarm-removed-node", task_run_name="empty join on removed meta-{node.node_id}", cache_policy=NO_CACHE,
+      retries=0)
+def disarm_removed_node(inventory: Inventory, node: MetaNode) -> StepResult:
+    """Empty the removed node's `join` (single off) so databend-meta can never start there again. Idempotent."""
+    return _log(steps.disarm_removed_node_config(pool_for(inventory).remote(node), inventory, node))
 
 
 @task(name="verify-cluster-stable", task_run_name="wait until voters are {voters}", cache_policy=NO_CACHE, retries=0)
@@ -464,24 +390,13 @@ def record_inventory(inventory: Inventory, inventory_path: str, cluster_block: s
         save_cluster_block(cluster_block, inventory)
         return _log(StepResult(step="record-inventory", host="prefect", changed=True,
                                detail=f"block {cluster_block} now lists meta {inventory.meta_ids}"))
-    path = Path(inventory_path)
-    if load_inventory(path) == inventory:
+    backup = write_inventory(inventory, inventory_path)
+    if backup is None:
         return _log(StepResult(step="record-inventory", host="localhost", changed=False,
-                               detail=f"{path} already lists meta {inventory.meta_ids}"))
-    backup = path.with_name(f"{path.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.bak")
-    backup.write_bytes(path.read_bytes())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(inventory.to_toml())
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                               detail=f"{inventory_path} already lists meta {inventory.meta_ids}"))
     return _log(StepResult(step="record-inventory", host="localhost", changed=True,
-                           detail=f"{path} now lists meta {inventory.meta_ids} (backup {backup})",
-                           backup_path=str(backup)))
+                           detail=f"{inventory_path} now lists meta {inventory.meta_ids} (backup {backup})",
+                           backup_path=backup))
 
 
 @task(name="restore-config-from-backup", task_run_name="restore {path} on {host} from its backup",

@@ -63,7 +63,7 @@ def prefect_server() -> Iterator[str]:
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):  # this process, even if prefect is imported
             yield api_url
-        _drain_prefect_background_senders()
+            _drain_prefect_background_senders()
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)

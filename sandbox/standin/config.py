@@ -21,8 +21,8 @@ class ConfigError(ValueError):
 class Timing:
     """pysyncobj timings (seconds): close to databend-meta's heartbeat 500 ms / election 1.0-1.5 s, but faster."""
 
-    raft_min_timeout: float = 0.5
-    raft_max_timeout: float = 1.2
+    raft_min_timeout: float = 0.6
+    raft_max_timeout: float = 1.4
     append_entries_period: float = 0.1
     connection_timeout: float = 1.5
     connection_retry_time: float = 0.5

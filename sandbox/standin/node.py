@@ -407,8 +407,7 @@ class MetaNode:
                "grpc_api_advertise_address": req.get("grpc_api_advertise_address"),
                "raft_internal": req["raft_internal"]}
         with self._change_lock:
-            view = self.view
-            if rec["raft_internal"] in view.members and view.nodes.get(nid, {}).get("raft_internal") == rec["raft_internal"]:
+            if nid in self.view.voter_ids():    # as MetaLeader::join: an id that is already a voter -> Ok
                 self.log.info(f"join: node {nid} is already a voter")
                 return
             self.log.info(f"join: adding node {nid} at {rec['raft_internal']}")

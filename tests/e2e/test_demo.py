@@ -34,6 +34,8 @@ def test_demo_scales_up_spare1_then_removes_the_leader_and_stops_what_it_started
     finally:
         stopped = demo(["down", "--keep-lab"], env, timeout_s=120)
 
+    (PROJECT_ROOT / "test-artifacts").mkdir(exist_ok=True)
+    (PROJECT_ROOT / "test-artifacts" / "demo-output.txt").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     out = result.stdout
     assert re.search(r"scale-up: scale-up-lab-127\.100\.0\.14 COMPLETED after [\d.]+ s", out), out

@@ -152,6 +152,7 @@ def test_no_acknowledged_write_is_lost_during_scale_up_and_leader_scale_down(fre
                 break
             time.sleep(0.2)
     figures = {
+        "when": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "writes_acknowledged": len(acks), "failed_attempts": result["failures"], "errors": result["errors"],
         "acknowledged_during_scale_up": during_up, "acknowledged_during_scale_down": during_down,
         "longest_stall_s": round(_longest_stall(ack_times, up_start, down_end), 3),

@@ -127,3 +127,21 @@ def test_cli_status_scale_up_dry_run_and_refusal(fresh_lab: Lab, inventory: Path
     fresh_lab.crash("meta2")
     unhealthy = _cli("status", "--inventory", str(inventory))
     assert unhealthy.returncode == ExitCode.UNHEALTHY and "no answer" in unhealthy.stdout
+
+
+def test_scale_down_through_a_cluster_block_with_the_key_in_a_secret(fresh_lab: Lab) -> None:
+    from metascale.inventory import Inventory
+    from tasks.cluster_block import load_cluster, register_block_types, save_cluster_block, save_key_secret
+
+    data = load_inventory(fresh_lab.inventory).model_dump(by_alias=True, exclude_none=True)
+    data["ssh"].pop("private_key_file")
+    data["ssh"]["private_key_secret"] = "h4-lab-key"
+    register_block_types()
+    save_key_secret("h4-lab-key", fresh_lab.key_file)
+    save_cluster_block("h4-lab", Inventory.model_validate(data))
+
+    outcome = scale_down(node_ids=[3], cluster_block="h4-lab")
+    assert outcome.voters_after == [1, 2] and _voters(fresh_lab, "meta1") == {1, 2}
+    recorded, key_text = load_cluster(cluster_block="h4-lab")
+    assert recorded.meta_ids == [1, 2] and key_text is not None
+    assert "PRIVATE KEY" not in outcome.message + outcome.plan_markdown

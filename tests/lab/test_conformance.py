@@ -102,6 +102,10 @@ def test_baseline_cluster_status_admin_and_packaging(fresh_lab: Lab) -> None:
     assert codes.split() == ["405", "404"]
     metrics = sh(lab, "meta2", "curl -sf http://127.0.0.1:28002/v1/metrics").stdout
     assert f"metasrv_server_current_leader_id {leader}" in metrics and "metasrv_server_node_is_health 1" in metrics
+    r = sh(lab, "meta1", "cd /tmp && databend-metactl --grpc-api-address 127.100.0.12:9191 status")
+    assert "Node: id=1 raft=127.100.0.11:28004" in r.stdout, "a global --grpc-api-address is ignored by status"
+    r = sh(lab, "meta1", "cd /tmp && databend-metactl status --grpc-api-address 127.100.0.12:9191")
+    assert "Node: id=2 raft=127.100.0.12:28004" in r.stdout
     r = sh(lab, "meta1", "cd /tmp && databend-metactl member-list")
     assert r.stdout.splitlines() == [f"127.100.0.1{n}:9191" for n in (1, 2, 3)]
     # a spare host: packaged config, service disabled, metactl cannot connect; unwritable CWD panics
@@ -138,28 +142,60 @@ def test_transfer_leader_over_ssh(fresh_lab: Lab) -> None:
     follower = host_of(target)
     r = sh(lab, follower, "cd /tmp && databend-metactl transfer-leader")
     assert r.returncode == 1 and r.stderr.startswith("Error: status code: 404 Not Found, msg: This node is not leader")
-    started = time.monotonic()
-    r = sh(lab, host_of(leader), "cd /tmp && databend-metactl transfer-leader")
+    replies: list[subprocess.CompletedProcess[str]] = []
+    watcher_host = next(h for h in METAS if h not in (host_of(leader), follower))
+    elapsed = _seconds_until_new_leader(lab, watcher_host, leader, lambda: replies.append(
+        sh(lab, host_of(leader), "cd /tmp && databend-metactl transfer-leader")))
+    r = replies[0]
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"triggered leader transfer from {leader} to {target}.", "voter ids: [1, 2, 3]"]
-    wait_for("the new leader", lambda: parse(status_text(lab, "meta1")).get("leader") == target, 5, poll=0.02)
-    print(f"\ntransfer-leader over ssh: {time.monotonic() - started:.2f} s until meta1 reported the new leader")
+    print(f"\ntransfer-leader: {elapsed:.2f} s from the ssh call until {watcher_host} saw leader {target}")
+    assert elapsed < 2.0
+    wait_for("the new leader", lambda: parse(status_text(lab, "meta1")).get("leader") == target, 5)
     assert parse(status_text(lab, follower))["term"] > term
+
+
+def _seconds_until_new_leader(lab: Lab, host: str, old: int, act: Callable[[], None] | None = None) -> float:
+    """Crash leader `old` (or run `act`); return seconds from then until `host` reports another leader.
+
+    The new leader is read on `host` itself (curl in a loop); hosts and the test share the machine's clock.
+    """
+    watch = ("while :; do id=$(curl -s http://127.0.0.1:28002/v1/metrics | "
+             "sed -n 's/^metasrv_server_current_leader_id //p'); "
+             f"if [ -n \"$id\" ] && [ \"$id\" != 0 ] && [ \"$id\" != {old} ]; then date +%s.%N; exit 0; fi; "
+             "sleep 0.01; done")
+    watcher = subprocess.Popen(["ssh", "-F", str(lab.ssh_config), host, f"timeout 20 sh -c {shlex.quote(watch)}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)                      # the watcher's SSH session is up and polling
+        if act is None:
+            lab.crash(host_of(old))
+            killed = time.time()             # lab.crash returns right after the SIGKILL
+        else:
+            killed = time.time()
+            act()
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(5)
+    assert watcher.returncode == 0, f"no new leader seen on {host}: {err}"
+    return float(out.strip()) - killed
 
 
 def test_failover_after_crash_of_the_leader(fresh_lab: Lab) -> None:
     lab = fresh_lab
-    leader = wait_for("an agreed leader", lambda: agreed_leader(lab, METAS, {1, 2, 3}))
-    others = [h for h in METAS if h != host_of(leader)]
-    lab.crash(host_of(leader))            # returns right after the SIGKILL
-    started = time.monotonic()
-    new = wait_for("a new leader on the survivors", lambda: (
-        (ls := {parse(status_text(lab, h)).get("leader") for h in others}) and len(ls) == 1
-        and None not in ls and leader not in ls and ls.pop()), 15, poll=0.05)
-    elapsed = time.monotonic() - started
-    print(f"\nfailover after lab.crash(leader): {elapsed:.2f} s (polled over ssh), new leader {new}")
-    assert elapsed < 6
-    assert sh(lab, host_of(leader), "systemctl is-active databend-meta").stdout.strip() == "failed"
+    timings = []
+    for _ in range(3):
+        leader = wait_for("an agreed leader", lambda: agreed_leader(lab, METAS, {1, 2, 3}), 30)
+        survivor = next(h for h in METAS if h != host_of(leader))
+        timings.append(_seconds_until_new_leader(lab, survivor, leader))
+        assert sh(lab, host_of(leader), "systemctl is-active databend-meta").stdout.strip() == "failed"
+        assert sh(lab, host_of(leader), "sudo systemctl start databend-meta").returncode == 0
+    print(f"\nfailover after lab.crash(leader), seen on a survivor: {[round(t, 2) for t in timings]} s, "
+          f"median {statistics.median(timings):.2f} s")
+    assert statistics.median(timings) < 3.0
+    wait_for("the crashed nodes back as voters", lambda: agreed_leader(lab, METAS, {1, 2, 3}), 30)
 
 
 def test_partition_of_the_leader_and_heal(fresh_lab: Lab) -> None:

@@ -386,6 +386,11 @@ def test_leave_with_every_via_unreachable_fails(cluster: LocalCluster) -> None:
     assert r.stderr.count("while: leave 2 via:") == 2
 
 
+def test_leave_via_space_separated_is_a_usage_error(cluster: LocalCluster) -> None:
+    r = cluster.run("meta", "--leave-id", "2", "--leave-via", cluster.raft(1), cluster.raft(2))
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
 def test_leave_of_the_last_node_changes_nothing(cluster: LocalCluster) -> None:
     """The only voter is the leader: databend-meta checks `via itself` before `last node`, so it is refused."""
     c = cluster

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,14 +106,21 @@ def secured_runs_inventory_text(secured_runs: dict[str, Any], key_file: str) -> 
 def _all_logs(client: Any, run_id: Any) -> list[Any]:
     """Every log line of flow run ``run_id`` (its task runs included), page by page."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
 
-    logs: list[Any] = []
+    APILogWorker.drain_all(timeout=30)   # run logs reach the API in batches, in the background
+    deadline = time.monotonic() + 30
     while True:
-        page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200,
-                                offset=len(logs))
-        logs += page
-        if len(page) < 200:
+        logs: list[Any] = []
+        while True:
+            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200,
+                                    offset=len(logs))
+            logs += page
+            if len(page) < 200:
+                break
+        if logs or time.monotonic() > deadline:
             break
+        time.sleep(0.5)
     assert logs, f"no logs for flow run {run_id}"
     return logs
 
@@ -185,23 +193,40 @@ def _other_key(tmp_path: Path) -> str:
     return f"{kind} {body}"
 
 
-@pytest.mark.parametrize("change", ["unknown", "changed"])
-def test_host_key_not_matching_is_refused_and_nothing_changes(fresh_lab: Lab, tmp_path: Path, change: str) -> None:
-    lines = (fresh_lab.directory / "known_hosts").read_text().splitlines()
-    target = "127.100.0.13"
+def _inventory_with_bad_key(lab: Lab, tmp_path: Path, change: str, target: str) -> Path:
+    """An inventory copy whose known_hosts lacks `target` ("unknown") or holds another key for it ("changed")."""
+    lines = (lab.directory / "known_hosts").read_text().splitlines()
     kept = [line for line in lines if not line.startswith(target)]
     assert len(kept) < len(lines), f"{target} not in the lab's known_hosts"
     if change == "changed":
         kept.append(f"{target} {_other_key(tmp_path)}")
-    inventory = _inventory_with_known_hosts(fresh_lab, tmp_path, "\n".join(kept) + "\n")
+    return _inventory_with_known_hosts(lab, tmp_path, "\n".join(kept) + "\n")
+
+
+@pytest.mark.parametrize("change", ["unknown", "changed"])
+def test_host_key_not_matching_is_refused_and_nothing_changes(fresh_lab: Lab, tmp_path: Path, change: str) -> None:
+    target = "127.100.0.13"
+    inventory = _inventory_with_bad_key(fresh_lab, tmp_path, change, target)
     before = snapshot(fresh_lab)
+    state = scale_down(node_ids=[3], inventory=str(inventory), return_state=True)
+    assert state.is_failed(), state
+    assert target in str(state.message), state.message
+    check = cluster_check(inventory=str(inventory), return_state=True)
+    assert check.is_failed() and "3" in str(check.message), check.message
+    assert snapshot(fresh_lab) == before
+
+
+@pytest.mark.parametrize("change", ["unknown", "changed"])
+def test_refusal_for_a_bad_host_key_says_so_and_never_suggests_force(fresh_lab: Lab, tmp_path: Path,
+                                                                    change: str) -> None:
+    """A rejected host key is a possible man-in-the-middle, not a dead host: the message must say "host key" and
+    must not advise force=True (which would remove a live node without stopping it)."""
+    target = "127.100.0.13"
+    inventory = _inventory_with_bad_key(fresh_lab, tmp_path, change, target)
     state = scale_down(node_ids=[3], inventory=str(inventory), return_state=True)
     message = str(state.message)
     assert state.is_failed(), state
-    assert target in message and "host key" in message, message
-    check = cluster_check(inventory=str(inventory), return_state=True)
-    assert check.is_failed() and target in str(check.message), check.message
-    assert snapshot(fresh_lab) == before
+    assert "host key" in message and "force=True" not in message, message
 
 
 def test_strict_host_key_checking_has_no_off_switch(fresh_lab: Lab, tmp_path: Path) -> None:

@@ -120,3 +120,20 @@ def test_join_without_self_only_drops_a_specific_listen_address() -> None:
 def test_unified_diff_is_empty_for_equal_texts() -> None:
     assert config.unified_diff(META, META, "x") == ""
     assert "x (before)" in config.unified_diff(META, META + "\n", "x")
+
+
+def test_disarm_removed_node_empties_join_turns_single_off_and_says_why() -> None:
+    member = config.set_join(META, ["10.0.0.1:28004", "10.0.0.2:28004"])
+    disarmed = config.disarm_removed_node(member, cluster="prod", node_id=3, when="20261126T120000")
+    assert config.read_join(disarmed) == []
+    assert config.read_single(disarmed) is False
+    assert disarmed.startswith(config.DISARMED_MARK + " `prod` (meta-3) at 20261126T120000.")
+    assert disarmed.endswith(member.split("join = ")[-1].split("\n", 1)[1])  # everything after join is untouched
+    again = config.disarm_removed_node(disarmed, cluster="prod", node_id=3, when="20991231T000000")
+    assert again == disarmed  # idempotent: the first stamp is kept
+
+
+def test_disarm_removed_node_turns_off_a_packaged_single() -> None:
+    disarmed = config.disarm_removed_node(META, cluster="c", node_id=0, when="t")
+    assert config.read_single(disarmed) is False
+    assert config.read_join(disarmed) == []

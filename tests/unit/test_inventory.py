@@ -125,3 +125,12 @@ def test_secret_name_instead_of_key_file() -> None:
 def test_missing_file_is_an_inventory_error(tmp_path: Path) -> None:
     with pytest.raises(InventoryError, match="cannot read inventory"):
         load_inventory(tmp_path / "nope.toml")
+
+
+def test_a_removed_node_is_recorded_survives_toml_and_its_id_is_not_reused() -> None:
+    inv = parse_inventory(GOOD).without_meta_node(3, removed_at="20261126T120000Z")
+    assert inv.meta_ids == [1, 2] and inv.next_free_id() == 4
+    text = inv.to_toml()
+    assert '[[removed]]\nid = 3\nhost = "fd00::3"\nremoved_at = "20261126T120000Z"' in text
+    again = parse_inventory(text)
+    assert again == inv and again.removed_node(3) is not None and again.removed_node(1) is None

@@ -159,9 +159,17 @@ def test_scale_down_of_two_nodes_checks_quorum_after_each() -> None:
         plan_scale_down(inventory, view, [2, 3, 4], force=False, reachable_hosts=HOSTS)
 
 
-def test_scale_down_of_an_unknown_id_is_nothing_to_do() -> None:
-    plan = plan_scale_down(_inventory(), _view(), [9], force=False, reachable_hosts=HOSTS)
-    assert plan.changes == () and plan.nothing_to_do and "meta-9 is not a member" in plan.notes[0]
+def test_scale_down_of_an_unknown_id_is_refused() -> None:
+    with pytest.raises(PlanRefused, match=r"meta-9 is not a member of cluster lab \(voters \[?1, 2, 3"):
+        plan_scale_down(_inventory(), _view(), [9], force=False, reachable_hosts=HOSTS)
+
+
+def test_scale_down_of_a_node_removed_earlier_is_nothing_to_do() -> None:
+    inventory = _inventory((1, 2, 3, 4)).without_meta_node(4, removed_at="20261126T120000Z")
+    assert inventory.removed_node(4) is not None and inventory.next_free_id() == 5  # ids are not reused
+    plan = plan_scale_down(inventory, _view(), [4], force=False, reachable_hosts=HOSTS)
+    assert plan.changes == () and plan.nothing_to_do
+    assert "meta-4 (127.100.0.14) was already removed" in plan.notes[0] and "20261126T120000Z" in plan.notes[0]
 
 
 def test_scale_down_resumes_a_node_that_already_left() -> None:

@@ -14,6 +14,7 @@ from flows.common import ScaleApproval, check_common_parameters
 from metascale.errors import ClusterNotConverged, PlanRefused
 from metascale.inventory import Inventory, load_inventory
 from metascale.plan import NewNodeSpec, plan_scale_down
+from metascale.preview import listening_ports, view_of_cluster
 from tasks import runbook as rb
 from tasks import pool as pool_module
 from tasks.pool import register_pool
@@ -63,7 +64,7 @@ def test_listening_ports_reads_proc_net_tcp() -> None:
     text = ("  sl  local_address rem_address   st\n"
             "   0: 00000000:23E7 00000000:0000 0A 00000000:00000000\n"       # 9191 LISTEN
             "   1: 0100007F:6D64 0100007F:C350 01 00000000:00000000\n")      # 28004 ESTABLISHED
-    assert rb._listening_ports(text) == {9191}
+    assert listening_ports(text) == {9191}
 
 
 def test_check_new_host_reports_package_ports_and_service(pool: FakePool, tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_check_new_host_unreachable_is_a_fact_not_an_error(pool: FakePool, tmp_p
 def test_cluster_view_from_a_status_read(pool: FakePool, tmp_path: Path) -> None:
     inventory = load_inventory(_inventory(tmp_path))
     _cluster(pool, inventory, leader=2, answering=(1, 2))
-    view = rb.cluster_view(rb.read_cluster_status.fn(inventory))
+    view = view_of_cluster(rb.read_cluster_status.fn(inventory))
     assert view.leader_id == 2 and view.voters == {1, 2, 3} and set(view.answering) == {1, 2}
     assert view.node_addrs[3] == f"{NET}.3:28004" and view.disagreements == ()
 
@@ -97,7 +98,7 @@ def test_cluster_view_reports_disagreement(pool: FakePool, tmp_path: Path) -> No
     _cluster(pool, inventory)
     pool.remote(f"{NET}.3").on(["databend-metactl", "status"], 0,
                                 metactl_status_text(3, "Follower", 1, (1, 3), net=NET))
-    view = rb.cluster_view(rb.read_cluster_status.fn(inventory, settle_s=0.2))  # re-reads while they disagree
+    view = view_of_cluster(rb.read_cluster_status.fn(inventory, settle_s=0.2))  # re-reads while they disagree
     assert any("meta-3 sees leader 1 and voters [1, 3]" in d for d in view.disagreements)
 
 
@@ -115,10 +116,11 @@ def test_update_join_changes_once_then_reports_no_change(pool: FakePool, tmp_pat
 def test_preview_file_changes_of_a_scale_down(pool: FakePool, tmp_path: Path) -> None:
     inventory = load_inventory(_inventory(tmp_path))
     _cluster(pool, inventory)
-    view = rb.cluster_view(rb.read_cluster_status.fn(inventory))
+    view = view_of_cluster(rb.read_cluster_status.fn(inventory))
     plan = plan_scale_down(inventory, view, [3], force=False, reachable_hosts={f"{NET}.{i}" for i in range(1, 7)})
     changes = rb.preview_file_changes.fn(inventory, plan)
-    assert {c.host for c in changes} == {f"{NET}.1", f"{NET}.2", f"{NET}.6"}
+    assert {c.host for c in changes} == {f"{NET}.1", f"{NET}.2", f"{NET}.3", f"{NET}.6"}
+    assert "+# metascale: this node was removed" in next(c.diff for c in changes if c.host == f"{NET}.3")
     assert all(c.diff for c in changes) and f"+endpoints = [\"{NET}.1:9191\", \"{NET}.2:9191\"]" in \
         next(c.diff for c in changes if c.host == f"{NET}.6")
     assert not any(p.writes for p in pool.remotes.values())  # a preview writes nothing
@@ -128,7 +130,7 @@ def test_preview_refuses_malformed_toml_on_a_host(pool: FakePool, tmp_path: Path
     inventory = load_inventory(_inventory(tmp_path))
     _cluster(pool, inventory)
     pool.remote(f"{NET}.6").files[QUERY_CONFIG] = "[meta\nendpoints = ["
-    view = rb.cluster_view(rb.read_cluster_status.fn(inventory))
+    view = view_of_cluster(rb.read_cluster_status.fn(inventory))
     plan = plan_scale_down(inventory, view, [3], force=False, reachable_hosts={f"{NET}.{i}" for i in range(1, 7)})
     with pytest.raises(PlanRefused, match=f"{NET}.6:{QUERY_CONFIG}: cannot edit config: invalid TOML"):
         rb.preview_file_changes.fn(inventory, plan)

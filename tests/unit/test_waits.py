@@ -119,4 +119,4 @@ def test_default_poll_schedule_starts_short_and_grows() -> None:
     for number in range(1, 7):
         state.attempt_number = number
         delays.append(schedule(state))
-    assert delays == [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
+    assert delays == [0.05, 0.1, 0.2, 0.2, 0.2, 0.2]

@@ -71,8 +71,8 @@ def test_next_opening_is_later_the_same_day_when_before_the_start() -> None:
 
 
 @pytest.mark.parametrize(("spec", "fragment"), [
-    ("Sat 02:00-04:00", "expected days, a time range and a timezone"),
-    ("Sat 2am-4am UTC", "expected days, a time range and a timezone"),
+    ("Sat 02:00-04:00", "expected days, a time range and a time zone"),
+    ("Sat 2am-4am UTC", "expected days, a time range and a time zone"),
     ("Sbt 02:00-04:00 UTC", "unknown day 'Sbt'"),
     ("Sat, 02:00-04:00 UTC", "empty day in 'Sat,'"),
     ("Sat,,Sun 02:00-04:00 UTC", "empty day"),
@@ -80,7 +80,7 @@ def test_next_opening_is_later_the_same_day_when_before_the_start() -> None:
     ("Sat 02:60-04:00 UTC", "time '02:60' is not a valid HH:MM"),
     ("Sat 24:00-04:00 UTC", "24:00 can only end a window"),
     ("Sat 02:00-02:00 UTC", "an empty window"),
-    ("Sat 02:00-04:00 Mars/Olympus", "unknown timezone 'Mars/Olympus'"),
+    ("Sat 02:00-04:00 Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
 ])
 def test_bad_spec_raises_value_error_naming_value_and_valid_form(spec: str, fragment: str) -> None:
     with pytest.raises(ValueError) as caught:
