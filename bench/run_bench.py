@@ -280,7 +280,7 @@ def write_report(summary: dict[str, Any], rounds: int, command: str, when: str |
         "and runs scale-up 3→4 (spare1 joins as meta-4) then scale-down 4→3 once with the Prefect flows",
         "(`flows.scale_up` / `flows.scale_down`, called in-process against a local Prefect server) and once with",
         "`bench/runbook.sh` (the runbook's commands over `ssh -F <lab>/ssh_config`, same verification polling:",
-        "0.05 s doubling to 0.5 s); the order alternates between rounds. One dry run of each flow warms the process up",
+        "0.05 s doubling to 0.2 s); the order alternates between rounds. One dry run of each flow warms the process up",
         "first (a served deployment is a long-running process). Medians; raw figures in `bench/results.json`.",
         "",
         "| measure | flow | script | ratio flow/script | goal | |",
@@ -332,7 +332,7 @@ def write_report(summary: dict[str, Any], rounds: int, command: str, when: str |
          " per-host edits in parallel."),
         "  The figures move with the machine's load (other labs share the 2 cores): see the history below.",
         "* Verification latency: either the first poll after the start already sees the voter, or it lands in a",
-        "  back-off gap (`metascale.waits`: 0.05 → 0.5 s; one poll reads every node's status over SSH). A value can",
+        "  back-off gap (`metascale.waits`: 0.05 → 0.2 s; one poll reads every node's status over SSH). A value can",
         "  be slightly negative: the leader lists the new voter a moment before the joiner writes its log line.",
         "* The endpoint update is dominated by connecting: each new connection is a paramiko key exchange"
         + (f" (median {s['endpoints_connect_s_s']:.2f} s per connection here)" if s.get("endpoints_connect_s_s")

@@ -7,7 +7,7 @@
 # Hosts are aliases of SSH_CONFIG (e.g. the lab's `meta1`); META_HOSTS are the cluster's meta hosts before the change
 # (for `down` it includes NODE_HOST). Every command is one plain `ssh -F SSH_CONFIG host '...'` (one handshake per
 # command, as an operator's shell would do); verification polls `databend-metactl status` like metascale.waits
-# (0.05 s doubling to 0.5 s, deadline VERIFY_DEADLINE_S, default 60). Ports are the packaged defaults.
+# (0.05 s doubling to 0.2 s, deadline VERIFY_DEADLINE_S, default 60). Ports are the packaged defaults.
 # Exit 0 when the cluster ends in the expected state; 1 with a message otherwise. Optional: SSH_COUNT_FILE (one line
 # per ssh call), BENCH_EVENTS (`noticed <what> <epoch>` when a poll succeeds).
 set -euo pipefail
@@ -34,13 +34,13 @@ toml_list() {  # toml_list PORT HOST...: ["ip1:PORT", "ip2:PORT"]
   echo "[$out]"
 }
 
-# poll CHECK_FN: call it until it succeeds; 0.05 s doubling to 0.5 s between attempts; die after DEADLINE_S
+# poll CHECK_FN: call it until it succeeds; 0.05 s doubling to 0.2 s between attempts; die after DEADLINE_S
 poll() {
   local fn=$1 what=$2 delay=0.05 start=$SECONDS
   until "$fn"; do
     (( SECONDS - start >= DEADLINE_S )) && die "timed out after ${DEADLINE_S} s waiting for: $what"
     sleep "$delay"
-    delay=$(awk -v d="$delay" 'BEGIN { d *= 2; if (d > 0.5) d = 0.5; print d }')
+    delay=$(awk -v d="$delay" 'BEGIN { d *= 2; if (d > 0.2) d = 0.2; print d }')
   done
   if [[ -n ${BENCH_EVENTS:-} ]]; then echo "noticed $what $(date +%s.%N)" >>"$BENCH_EVENTS"; fi
 }

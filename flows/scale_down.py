@@ -129,6 +129,8 @@ def _remove_one(cluster: Inventory, change: NodeChange, progress: rb.Progress, l
         others = [i for i in change.voters_after if i in answering and i != change.transfer_leader_to]
         _move_leadership(cluster, node.node_id, [change.transfer_leader_to, *others], progress, deadline_s)
     if not change.already_removed:
+        progress.step = f"re-check quorum before meta-{node.node_id} leaves"
+        rb.check_quorum_before_leave(cluster, node.node_id, list(change.voters_after))
         progress.step = f"leave meta-{node.node_id}"
         progress.record([rb.leave_cluster(cluster, node.node_id, list(change.leave_via), leave_timeout_s)])
     progress.verify(f"verify meta-{node.node_id} is removed",

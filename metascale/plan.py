@@ -438,6 +438,13 @@ def _transfer_target(view: ClusterView, candidates: set[int]) -> int | None:
     return -max(live)[1] if live else None
 
 
+def removal_quorum_reason(view: ClusterView, node_id: int, after: set[int]) -> str | None:
+    """Return why removing ``node_id`` now would leave the voters ``after`` without a live majority, or None.
+
+    Asked again right before the leave: a voter that died after the plan would make the leave hang."""
+    return _quorum_after_reason(view, node_id, after, set(view.answering))
+
+
 def _quorum_after_reason(view: ClusterView, node_id: int, after: set[int], answering: set[int]) -> str | None:
     """Return why removing ``node_id`` would leave the voters ``after`` without a live majority, or None."""
     live = after & answering
@@ -582,5 +589,6 @@ __all__ = [
     "plan_scale_down",
     "plan_scale_up",
     "quorum_size",
+    "removal_quorum_reason",
     "tolerated_failures",
 ]

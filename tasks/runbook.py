@@ -30,7 +30,7 @@ from metascale.errors import (
     SshAuthFailed,
 )
 from metascale.inventory import Inventory, MetaNode, QueryNode, write_inventory
-from metascale.plan import FileChange, HostFacts, NewNodeSpec, ScalePlan
+from metascale.plan import FileChange, HostFacts, NewNodeSpec, ScalePlan, removal_quorum_reason
 from metascale.status import ClusterStatus
 from metascale.status import read_cluster_status as core_read_cluster_status
 from metascale.steps import StepResult
@@ -282,6 +282,19 @@ def verify_leadership_moved(inventory: Inventory, node_id: int, deadline_s: floa
 
     status = _wait_until(f"leadership moves off meta-{node_id}", _status_reader(inventory), not_yet, deadline_s)
     return status.leader_id  # type: ignore[return-value]
+
+
+@task(name="check-quorum-before-leave", task_run_name="re-check quorum before meta-{node_id} leaves",
+      cache_policy=NO_CACHE, retries=0)
+def check_quorum_before_leave(inventory: Inventory, node_id: int, voters_after: list[int]) -> None:
+    """Read the cluster again right before the leave: if a remaining voter died since the plan, the leave would
+    hang (and could still go through later); refuse instead. Read-only. Raises: PlanRefused."""
+    view = preview.view_of_cluster(read_cluster_status.fn(inventory, settle_s=0))
+    reason = removal_quorum_reason(view, node_id, set(voters_after))
+    if reason:
+        raise PlanRefused("scale-down", f"the cluster changed since the plan: {reason}")
+    _logger().info("voters %s keep a live majority without meta-%d (answering: %s)", voters_after, node_id,
+                   sorted(view.answering))
 
 
 @task(name="leave-cluster", task_run_name="remove meta-{node_id} via {via}", cache_policy=NO_CACHE, retries=0)

@@ -338,3 +338,22 @@ def test_ssh_drop_during_a_config_write_leaves_old_or_new_and_the_rerun_complete
     rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory))
     assert rerun.voters_after == [1, 2, 3, 4]
     assert assert_consistent(fresh_lab, inventory) == {1, 2, 3, 4}
+
+
+def test_a_voter_dying_after_the_plan_stops_the_run_before_the_leave(fresh_lab: Lab, inventory: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """meta2 crashes after the plan: removing meta3 would leave voters {1, 2} with one alive. The flow re-checks
+    right before the leave and refuses, instead of starting a leave that hangs (and could still commit later)."""
+    before = snapshot(fresh_lab)
+    wrap_task(monkeypatch, "check_quorum_before_leave", lambda: fresh_lab.crash("meta2"))
+    state = scale_down(node_ids=[3], inventory=str(inventory), leave_timeout_s=30, return_state=True)
+    message = str(state.message)
+    assert state.is_failed(), state
+    assert "the cluster changed since the plan" in message and "below the quorum of 2" in message, message
+    assert "failed at step 're-check quorum before meta-3 leaves'" in message, message
+    monkeypatch.undo()
+    assert not fresh_lab.root_exec("meta1", ["pgrep", "-f", "leave-id"], check=False).stdout.strip()
+    fresh_lab.root_exec("meta2", ["systemctl", "start", "databend-meta"])
+    poll(lambda: fresh_lab.meta_status("meta2")[0] in ("Leader", "Follower"), "meta2 back in the cluster")
+    assert snapshot(fresh_lab)["files"] == before["files"]  # nothing was edited
+    assert voters_and_leader(fresh_lab, ["meta1", "meta2", "meta3"])[0] == {1, 2, 3}
