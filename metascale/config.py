@@ -112,7 +112,7 @@ def set_meta_endpoints(text: str, endpoints: Sequence[str], *, path: str = QUERY
 
 
 def _replace_host(address: str, host: str) -> str:
-    """``10.0.0.1:9191`` -> ``<host>:9191`` unless the host part is a wildcard/loopback (then unchanged)."""
+    """``127.10.0.1:9191`` -> ``<host>:9191`` unless the host part is a wildcard/loopback (then unchanged)."""
     head, sep, port = address.rpartition(":")
     if not sep or head in _WILDCARD_HOSTS:
         return address

@@ -19,7 +19,7 @@ class FakeRemote:
     """An in-memory host: ``files`` (path -> text), ``units`` (unit -> (active, enabled)), ``dirs`` (path -> entries),
     scripted answers by argv prefix, and a log of every command (``commands``) and write (``writes``)."""
 
-    host: str = "10.0.0.9"
+    host: str = "127.10.0.9"
     files: dict[str, str] = field(default_factory=dict)
     units: dict[str, list[str]] = field(default_factory=dict)
     dirs: dict[str, list[str]] = field(default_factory=dict)
@@ -136,7 +136,7 @@ class FakePool:
 
 def metactl_status_text(node_id: int, state: str = "Follower", leader_id: int | None = 1,
                         voters: Sequence[int] = (1, 2, 3), learners: Sequence[int] = (), term: int = 1,
-                        net: str = "10.0.0") -> str:
+                        net: str = "127.10.0") -> str:
     """`databend-metactl status` output (newest format) for a node with this view of the cluster."""
     def rec(i: int) -> str:
         return f"id={i} raft={net}.{i}:28004 grpc={net}.{i}:9191"

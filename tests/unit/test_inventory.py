@@ -20,7 +20,7 @@ proxy_command = "ssh -W %h:%p bastion"
 
 [[meta]]
 id = 1
-host = "10.0.0.1"
+host = "127.10.0.1"
 
 [[meta]]
 id = 2
@@ -33,7 +33,7 @@ id = 3
 host = "fd00::3"
 
 [[query]]
-host = "10.0.1.1"
+host = "127.10.1.1"
 """
 
 
@@ -52,17 +52,17 @@ def test_good_inventory_loads_with_defaults(tmp_path: Path) -> None:
     assert inv.paths.raft_dir == "/var/lib/databend/raft"
     node1 = inv.meta_node(1)
     assert (node1.raft_port, node1.grpc_port, node1.admin_port) == (28004, 9191, 28002)
-    assert node1.raft_addr == "10.0.0.1:28004" and node1.grpc_addr == "10.0.0.1:9191"
+    assert node1.raft_addr == "127.10.0.1:28004" and node1.grpc_addr == "127.10.0.1:9191"
     assert inv.meta_node(3).raft_addr == "[fd00::3]:28004"
-    assert inv.join_addresses() == ["10.0.0.1:28004", "meta-2.example.internal:28104", "[fd00::3]:28004"]
-    assert inv.query_nodes[0].host == "10.0.1.1"
+    assert inv.join_addresses() == ["127.10.0.1:28004", "meta-2.example.internal:28104", "[fd00::3]:28004"]
+    assert inv.query_nodes[0].host == "127.10.1.1"
 
 
 def test_per_node_ssh_override() -> None:
     inv = parse_inventory(GOOD)
     target = inv.ssh_target(inv.meta_node(2))
     assert (target.user, target.port, target.proxy_command) == ("admin", 2222, "ssh -W %h:%p bastion")
-    assert inv.ssh_target("10.0.0.1").user == "ops"
+    assert inv.ssh_target("127.10.0.1").user == "ops"
 
 
 def test_to_toml_round_trips() -> None:
@@ -73,13 +73,13 @@ def test_to_toml_round_trips() -> None:
 def test_edits_return_validated_copies() -> None:
     inv = parse_inventory(GOOD)
     assert inv.next_free_id() == 4
-    bigger = inv.with_meta_node(MetaNode(node_id=4, host="10.0.0.4"))
+    bigger = inv.with_meta_node(MetaNode(node_id=4, host="127.10.0.4"))
     assert bigger.meta_ids == [1, 2, 3, 4] and inv.meta_ids == [1, 2, 3]
     assert bigger.without_meta_node(2).meta_ids == [1, 3, 4]
     with pytest.raises(InventoryError, match="id 1 appears more than once"):
-        inv.with_meta_node(MetaNode(node_id=1, host="10.0.0.9"))
-    with pytest.raises(InventoryError, match=r"10\.0\.0\.1:28004 is used twice"):
-        inv.with_meta_node(MetaNode(node_id=9, host="10.0.0.1"))
+        inv.with_meta_node(MetaNode(node_id=1, host="127.10.0.9"))
+    with pytest.raises(InventoryError, match=r"127\.10\.0\.1:28004 is used twice"):
+        inv.with_meta_node(MetaNode(node_id=9, host="127.10.0.1"))
     with pytest.raises(InventoryError, match=r"no meta node with id 7 \(known ids: 1, 2, 3\)"):
         inv.meta_node(7)
 

@@ -61,15 +61,15 @@ def test_pool_with_secret_name_needs_the_key_text(tmp_path: Path) -> None:
 
 
 def test_proxy_command_tokens_are_quoted() -> None:
-    target = SshTarget(host="10.0.0.1", port=22, user="ops", proxy_command=None)
-    assert substitute_proxy_command("ip netns exec lab nc %h %p", target) == "ip netns exec lab nc 10.0.0.1 22"
+    target = SshTarget(host="127.10.0.1", port=22, user="ops", proxy_command=None)
+    assert substitute_proxy_command("ip netns exec lab nc %h %p", target) == "ip netns exec lab nc 127.10.0.1 22"
     evil = SshTarget(host="a b;c", port=2222, user="o'k", proxy_command=None)
     expanded = substitute_proxy_command("ssh -W %h:%p -l %r jump 100%%", evil)
     assert shlex.split(expanded) == ["ssh", "-W", "a b;c:2222", "-l", "o'k", "jump", "100%"]
 
 
 def test_commands_are_quoted_with_sudo_timeout_and_cwd(pool: SshPool) -> None:
-    target = SshTarget(host="10.0.0.1", port=22, user="ops", proxy_command=None)
+    target = SshTarget(host="127.10.0.1", port=22, user="ops", proxy_command=None)
     r = ParamikoRemote(pool, target)
     shown, sent = r.build_command(["cat", "/etc/x y; rm -rf /"], sudo=True, cwd="/tmp", timeout_s=5)
     assert shown == "cd /tmp && sudo -n cat '/etc/x y; rm -rf /'"
@@ -96,26 +96,26 @@ def _fail_then(pool: SshPool, monkeypatch: pytest.MonkeyPatch, failures: list[Ba
     return calls
 
 
-TARGET = SshTarget(host="10.0.0.7", port=22, user="ops", proxy_command=None)
+TARGET = SshTarget(host="127.10.0.7", port=22, user="ops", proxy_command=None)
 
 
 def test_connect_retries_network_errors_and_counts_one_handshake(pool: SshPool, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fail_then(pool, monkeypatch, [ConnectionRefusedError("refused"), EOFError()])
     pool._open_client(TARGET)
     assert len(calls) == 3
-    assert pool.handshakes == {"10.0.0.7": 1}
+    assert pool.handshakes == {"127.10.0.7": 1}
 
 
 def test_connect_gives_up_as_host_unreachable(pool: SshPool, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fail_then(pool, monkeypatch, [OSError("no route")] * 5)
-    with pytest.raises(HostUnreachable, match=r"10\.0\.0\.7: .*no route.*gave up after"):
+    with pytest.raises(HostUnreachable, match=r"127\.10\.0\.7: .*no route.*gave up after"):
         pool._open_client(TARGET)
     assert len(calls) == 3 and pool.handshakes == {}
 
 
 def test_auth_failure_is_never_retried(pool: SshPool, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fail_then(pool, monkeypatch, [paramiko.AuthenticationException("Authentication failed.")])
-    with pytest.raises(SshAuthFailed, match="10.0.0.7"):
+    with pytest.raises(SshAuthFailed, match="127.10.0.7"):
         pool._open_client(TARGET)
     assert len(calls) == 1
 
@@ -123,18 +123,18 @@ def test_auth_failure_is_never_retried(pool: SshPool, monkeypatch: pytest.Monkey
 def test_changed_host_key_is_never_retried_and_shows_fingerprint(pool: SshPool, monkeypatch: pytest.MonkeyPatch) -> None:
     got = load_private_key(text=openssh_key("ed25519"))
     expected = load_private_key(text=openssh_key("ed25519"))
-    calls = _fail_then(pool, monkeypatch, [paramiko.BadHostKeyException("10.0.0.7", got, expected)])
+    calls = _fail_then(pool, monkeypatch, [paramiko.BadHostKeyException("127.10.0.7", got, expected)])
     with pytest.raises(HostKeyRejected) as info:
         pool._open_client(TARGET)
     assert len(calls) == 1
     assert got.fingerprint.startswith("SHA256:") and got.fingerprint in str(info.value)
-    assert "10.0.0.7" in str(info.value)
+    assert "127.10.0.7" in str(info.value)
 
 
 def test_unknown_host_key_policy_names_the_fingerprint() -> None:
     key = load_private_key(text=openssh_key("ed25519"))
     with pytest.raises(HostKeyRejected, match="not in known_hosts") as info:
-        remote._RejectUnknownHost().missing_host_key(paramiko.SSHClient(), "10.0.0.8", key)
+        remote._RejectUnknownHost().missing_host_key(paramiko.SSHClient(), "127.10.0.8", key)
     assert key.fingerprint in str(info.value)
 
 

@@ -58,9 +58,9 @@ def test_parse_sample(name: str) -> None:
 
 def test_newest_leader_records_addresses_and_version() -> None:
     status = parse_metactl_status((SAMPLES / "newest_leader.txt").read_text())
-    assert status.raft_addr == "172.16.125.128:28004"
-    assert status.leader_raft_addr == "172.16.125.128:28004"
-    assert status.voters[2].grpc_addr == "172.16.125.130:9191"
+    assert status.raft_addr == "127.16.125.128:28004"
+    assert status.leader_raft_addr == "127.16.125.128:28004"
+    assert status.voters[2].grpc_addr == "127.16.125.130:9191"
     assert status.binary_version == "260304.0.0"
     assert status.data_version == "V004"
     assert status.is_leader
@@ -69,7 +69,7 @@ def test_newest_leader_records_addresses_and_version() -> None:
 def test_voter_without_grpc_address_has_empty_grpc() -> None:
     status = parse_metactl_status((SAMPLES / "newest_follower_with_learner.txt").read_text())
     assert status.voters[2].grpc_addr == ""
-    assert status.voters[2].raft_addr == "172.16.125.130:28004"
+    assert status.voters[2].raft_addr == "127.16.125.130:28004"
 
 
 def test_midjoin_node_line_with_empty_raft() -> None:
@@ -115,11 +115,11 @@ def test_admin_status_garbage() -> None:
         parse_admin_status("<html>404</html>")
 
 
-NODE = MetaNode(node_id=2, host="10.0.0.2", grpc_port=9292)
+NODE = MetaNode(node_id=2, host="127.10.0.2", grpc_port=9292)
 
 
 def test_read_node_status_puts_the_flag_after_the_subcommand_and_parses() -> None:
-    remote = FakeRemote(host="10.0.0.2")
+    remote = FakeRemote(host="127.10.0.2")
     remote.on(["databend-metactl"], stdout=metactl_status_text(2))
     status = read_node_status(remote, NODE)
     assert remote.commands == [["databend-metactl", "status", "--grpc-api-address", "127.0.0.1:9292"]]
@@ -128,7 +128,7 @@ def test_read_node_status_puts_the_flag_after_the_subcommand_and_parses() -> Non
 
 
 def test_read_node_status_refused_is_meta_unreachable() -> None:
-    remote = FakeRemote(host="10.0.0.2")
+    remote = FakeRemote(host="127.10.0.2")
     remote.on(["databend-metactl"], exit_code=1,
               stderr="Error: ConnectionError: cannot connect to http://127.0.0.1:9292: transport error\n")
     with pytest.raises(MetaUnreachable, match="cannot connect"):
@@ -136,14 +136,14 @@ def test_read_node_status_refused_is_meta_unreachable() -> None:
 
 
 def test_read_node_status_timeout_is_meta_unreachable() -> None:
-    remote = FakeRemote(host="10.0.0.2")
+    remote = FakeRemote(host="127.10.0.2")
     remote.on(["databend-metactl"], timeout=True)
     with pytest.raises(MetaUnreachable, match="timed out"):
         read_node_status(remote, NODE, timeout_s=0.5)
 
 
 def test_read_node_status_missing_binary_is_a_hard_error() -> None:
-    remote = FakeRemote(host="10.0.0.2")
+    remote = FakeRemote(host="127.10.0.2")
     remote.on(["databend-metactl"], exit_code=127, stderr="sh: databend-metactl: not found")
     with pytest.raises(RemoteCommandError) as info:
         read_node_status(remote, NODE)
@@ -151,7 +151,7 @@ def test_read_node_status_missing_binary_is_a_hard_error() -> None:
 
 
 def test_read_admin_status_curls_localhost_on_the_node() -> None:
-    remote = FakeRemote(host="10.0.0.2")
+    remote = FakeRemote(host="127.10.0.2")
     remote.on(["curl"], stdout=(SAMPLES / "admin_status_newest.json").read_text())
     assert read_admin_status(remote, NODE).leader_id == 1
     assert remote.commands[0][-1] == "http://127.0.0.1:28002/v1/cluster/status"
@@ -164,10 +164,10 @@ def _cluster(*probes: tuple[int, str | None, int | None, list[int]]) -> ClusterS
     out = []
     for node_id, state, leader, voters in probes:
         if state is None:
-            out.append(NodeProbe(node_id=node_id, host=f"10.0.0.{node_id}", error="down", error_type="MetaUnreachable"))
+            out.append(NodeProbe(node_id=node_id, host=f"127.10.0.{node_id}", error="down", error_type="MetaUnreachable"))
         else:
             text = metactl_status_text(node_id, state, leader, voters)
-            out.append(NodeProbe(node_id=node_id, host=f"10.0.0.{node_id}", status=parse_metactl_status(text)))
+            out.append(NodeProbe(node_id=node_id, host=f"127.10.0.{node_id}", status=parse_metactl_status(text)))
     return ClusterStatus(cluster="lab", probes=out)
 
 
@@ -207,14 +207,14 @@ def test_disagreement_is_not_stable() -> None:
 
 INVENTORY = parse_inventory(
     'name = "lab"\n[ssh]\nprivate_key_file = "/k"\nknown_hosts_file = "/kh"\n'
-    + "".join(f'[[meta]]\nid = {i}\nhost = "10.0.0.{i}"\n' for i in (1, 2, 3))
+    + "".join(f'[[meta]]\nid = {i}\nhost = "127.10.0.{i}"\n' for i in (1, 2, 3))
 )
 
 
 def test_read_cluster_status_records_answers_and_errors() -> None:
-    pool = FakePool(broken={"10.0.0.3": MetaUnreachable("10.0.0.3", 3, "refused")})
+    pool = FakePool(broken={"127.10.0.3": MetaUnreachable("127.10.0.3", 3, "refused")})
     for i, state in ((1, "Leader"), (2, "Follower")):
-        pool.remote(f"10.0.0.{i}").on(["databend-metactl"], stdout=metactl_status_text(i, state))
+        pool.remote(f"127.10.0.{i}").on(["databend-metactl"], stdout=metactl_status_text(i, state))
     cluster = read_cluster_status(pool, INVENTORY)
     assert cluster.answering_ids == [1, 2]
     assert cluster.unreachable_ids == [3]
@@ -224,9 +224,9 @@ def test_read_cluster_status_records_answers_and_errors() -> None:
 
 
 def test_read_cluster_status_keeps_unexpected_errors_per_node() -> None:
-    pool = FakePool(broken={"10.0.0.2": RuntimeError("paramiko internals")})
+    pool = FakePool(broken={"127.10.0.2": RuntimeError("paramiko internals")})
     for i in (1, 3):
-        pool.remote(f"10.0.0.{i}").on(["databend-metactl"], stdout=metactl_status_text(i, "Leader" if i == 1 else "Follower"))
+        pool.remote(f"127.10.0.{i}").on(["databend-metactl"], stdout=metactl_status_text(i, "Leader" if i == 1 else "Follower"))
     cluster = read_cluster_status(pool, INVENTORY)
     assert cluster.unreachable_ids == [2] and cluster.probe(2).error_type == "RuntimeError"  # type: ignore[union-attr]
     assert cluster.removal_blocked_reason(3) is not None  # 1 of the remaining [1, 2] answers: no majority

@@ -19,15 +19,15 @@ META_PATH = "/etc/databend/databend-meta.toml"
 QUERY_PATH = "/etc/databend/databend-query.toml"
 INV = parse_inventory(
     'name = "lab"\n[ssh]\nprivate_key_file = "/k"\nknown_hosts_file = "/kh"\n'
-    + "".join(f'[[meta]]\nid = {i}\nhost = "10.0.0.{i}"\n' for i in (1, 2, 3))
-    + '[[query]]\nhost = "10.0.0.16"\n'
+    + "".join(f'[[meta]]\nid = {i}\nhost = "127.10.0.{i}"\n' for i in (1, 2, 3))
+    + '[[query]]\nhost = "127.10.0.16"\n'
 )
-NEW = MetaNode(node_id=4, host="10.0.0.4")
-JOIN = ["10.0.0.1:28004", "10.0.0.2:28004", "10.0.0.3:28004"]
+NEW = MetaNode(node_id=4, host="127.10.0.4")
+JOIN = ["127.10.0.1:28004", "127.10.0.2:28004", "127.10.0.3:28004"]
 
 
 def meta_host(node_id: int, text: str = META) -> FakeRemote:
-    return FakeRemote(host=f"10.0.0.{node_id}", files={META_PATH: text},
+    return FakeRemote(host=f"127.10.0.{node_id}", files={META_PATH: text},
                       units={"databend-meta": ["active", "enabled"]}, dirs={"/var/lib/databend/raft": ["df_meta"]})
 
 
@@ -36,7 +36,7 @@ def test_copy_config_reads_the_existing_nodes_file() -> None:
 
 
 def test_copy_config_refuses_a_file_that_is_not_a_meta_config() -> None:
-    with pytest.raises(ConfigEditError, match=r"10\.0\.0\.1:/etc/databend/databend-meta.toml.*raft_config"):
+    with pytest.raises(ConfigEditError, match=r"127\.10\.0\.1:/etc/databend/databend-meta.toml.*raft_config"):
         steps.copy_config_from_existing_node(meta_host(1, "x = 1\n"), INV, INV.meta_node(1))
 
 
@@ -53,7 +53,7 @@ def test_write_new_node_config_dry_run_then_real_then_no_op() -> None:
 
 
 def test_write_new_node_config_creates_missing_directory() -> None:
-    bare = FakeRemote(host="10.0.0.4")
+    bare = FakeRemote(host="127.10.0.4")
     result = steps.write_new_node_config(bare, INV, NEW, META, JOIN)
     assert result.changed and result.backup_path is None
     assert ["mkdir", "-p", "/etc/databend"] in bare.sudo_commands
@@ -80,10 +80,10 @@ def test_start_meta_service_reports_a_failed_unit() -> None:
 
 
 def test_start_missing_unit_raises_with_host_and_stderr() -> None:
-    remote = FakeRemote(host="10.0.0.4")
+    remote = FakeRemote(host="127.10.0.4")
     with pytest.raises(RemoteCommandError) as info:
         steps.start_meta_service(remote, INV)
-    assert info.value.host == "10.0.0.4" and info.value.exit_code == 5
+    assert info.value.host == "127.10.0.4" and info.value.exit_code == 5
     assert "not found" in info.value.stderr_tail and "systemctl enable databend-meta" in info.value.command
 
 
@@ -114,30 +114,30 @@ def test_retire_raft_dir_moves_it_aside_once() -> None:
 
 def test_update_join_changes_once_and_keeps_comments() -> None:
     node = meta_host(1)
-    dry = steps.update_join(node, INV, INV.meta_node(1), [*JOIN, "10.0.0.4:28004"], dry_run=True)
+    dry = steps.update_join(node, INV, INV.meta_node(1), [*JOIN, "127.10.0.4:28004"], dry_run=True)
     assert dry.changed and node.writes == []
-    first = steps.update_join(node, INV, INV.meta_node(1), [*JOIN, "10.0.0.4:28004"])
+    first = steps.update_join(node, INV, INV.meta_node(1), [*JOIN, "127.10.0.4:28004"])
     assert first.changed and first.backup_path
     assert "# NOTE: comment out this line after the first run." in node.files[META_PATH]
-    assert not steps.update_join(node, INV, INV.meta_node(1), [*JOIN, "10.0.0.4:28004"]).changed
+    assert not steps.update_join(node, INV, INV.meta_node(1), [*JOIN, "127.10.0.4:28004"]).changed
     assert len(node.writes) == 1
 
 
 def test_update_join_leaves_out_own_listen_address() -> None:
-    node = meta_host(1, META.replace('raft_listen_host = "0.0.0.0"', 'raft_listen_host = "10.0.0.1"'))
+    node = meta_host(1, META.replace('raft_listen_host = "0.0.0.0"', 'raft_listen_host = "127.10.0.1"'))
     steps.update_join(node, INV, INV.meta_node(1), JOIN)
-    assert config.read_join(node.files[META_PATH]) == ["10.0.0.2:28004", "10.0.0.3:28004"]
+    assert config.read_join(node.files[META_PATH]) == ["127.10.0.2:28004", "127.10.0.3:28004"]
 
 
 def test_update_join_on_bad_file_names_host_and_writes_nothing() -> None:
     node = meta_host(1, "[raft_config\n")
-    with pytest.raises(ConfigEditError, match=r"10\.0\.0\.1:/etc/databend/databend-meta\.toml: .*invalid TOML"):
+    with pytest.raises(ConfigEditError, match=r"127\.10\.0\.1:/etc/databend/databend-meta\.toml: .*invalid TOML"):
         steps.update_join(node, INV, INV.meta_node(1), JOIN)
     assert node.writes == []
 
 
 def test_update_query_meta_endpoints_once() -> None:
-    query = FakeRemote(host="10.0.0.16", files={QUERY_PATH: QUERY})
+    query = FakeRemote(host="127.10.0.16", files={QUERY_PATH: QUERY})
     endpoints = [n.grpc_addr for n in INV.meta_nodes]
     first = steps.update_query_meta_endpoints(query, INV, INV.query_nodes[0], endpoints)
     assert first.changed and config.read_meta_endpoints(query.files[QUERY_PATH]) == endpoints
@@ -172,16 +172,16 @@ def test_transfer_leadership_to_a_non_voter_is_refused() -> None:
 
 def test_leave_cluster_passes_one_flag_per_address() -> None:
     node = meta_host(2)
-    result = steps.leave_cluster(node, 3, ["10.0.0.1:28004", "10.0.0.2:28004"], timeout_s=5)
+    result = steps.leave_cluster(node, 3, ["127.10.0.1:28004", "127.10.0.2:28004"], timeout_s=5)
     assert result.changed
-    assert node.commands == [["databend-meta", "--leave-id", "3", "--leave-via", "10.0.0.1:28004",
-                              "--leave-via", "10.0.0.2:28004"]]
+    assert node.commands == [["databend-meta", "--leave-id", "3", "--leave-via", "127.10.0.1:28004",
+                              "--leave-via", "127.10.0.2:28004"]]
 
 
 def test_leave_cluster_no_op_when_not_a_member() -> None:
     node = meta_host(2)
     node.on(["databend-metactl", "status"], stdout=metactl_status_text(2, "Follower", 1, voters=(1, 2)))
-    result = steps.leave_cluster(node, 3, ["10.0.0.1:28004"], probe=INV.meta_node(2))
+    result = steps.leave_cluster(node, 3, ["127.10.0.1:28004"], probe=INV.meta_node(2))
     assert not result.changed and node.ran("databend-meta") == []
 
 
@@ -189,16 +189,16 @@ def test_leave_cluster_timeout_explains_quorum() -> None:
     node = meta_host(2)
     node.on(["databend-meta"], timeout=True)
     with pytest.raises(RemoteTimeout, match="quorum") as info:
-        steps.leave_cluster(node, 3, ["10.0.0.1:28004"], timeout_s=0.1)
-    assert info.value.host == "10.0.0.2" and "--leave-id 3" in info.value.command
+        steps.leave_cluster(node, 3, ["127.10.0.1:28004"], timeout_s=0.1)
+    assert info.value.host == "127.10.0.2" and "--leave-id 3" in info.value.command
 
 
 def test_leave_cluster_refusal_carries_stderr() -> None:
     node = meta_host(2)
     node.on(["databend-meta"], exit_code=1,
-            stderr='Error: fail to leave 1 cluster via ["10.0.0.1:28004"], caused by errors: can not leave id=1 via itself')
+            stderr='Error: fail to leave 1 cluster via ["127.10.0.1:28004"], caused by errors: can not leave id=1 via itself')
     with pytest.raises(RemoteCommandError, match="can not leave id=1 via itself") as info:
-        steps.leave_cluster(node, 1, ["10.0.0.1:28004"])
+        steps.leave_cluster(node, 1, ["127.10.0.1:28004"])
     assert info.value.exit_code == 1
 
 

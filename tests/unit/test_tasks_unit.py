@@ -23,7 +23,7 @@ from tests.unit.fakes import FakePool, metactl_status_text
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "configs"
 META_CONFIG = "/etc/databend/databend-meta.toml"
 QUERY_CONFIG = "/etc/databend/databend-query.toml"
-NET = "10.0.0"
+NET = "127.10.0"
 
 
 def _inventory(tmp_path: Path, ids: tuple[int, ...] = (1, 2, 3)) -> Path:
