@@ -155,6 +155,26 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
         raise HostKeyRejected(hostname, "host is not in known_hosts", key.fingerprint)
 
 
+_INSTALL_SCRIPT = r"""set -e
+path=$1 upload=$2 staged=$3 stamp=$4 backup=
+trap 'rm -f -- "$upload" "$staged"' EXIT
+if [ -e "$path" ]; then
+  backup="$path.$stamp.bak"; n=2
+  while [ -e "$backup" ]; do backup="$path.$stamp-$n.bak"; n=$((n + 1)); done
+  cp -p -- "$path" "$backup"
+  install -m 600 -- "$upload" "$staged"
+  chown --reference="$path" -- "$staged"
+  chmod --reference="$path" -- "$staged"
+else
+  install -o root -g root -m 644 -- "$upload" "$staged"
+fi
+mv -f -- "$staged" "$path"
+printf '%s' "$backup"
+"""
+"""The privileged half of ``write_text_atomic`` as one remote command (arguments: path, upload, staged, stamp):
+backup, install with the old owner/mode, rename into place; the upload and a stray staged file are removed."""
+
+
 def _utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
 
@@ -313,17 +333,12 @@ class ParamikoRemote:
     def write_text_atomic(self, path: str, text: str) -> str | None:
         """Replace ``path`` with ``text`` so readers only ever see the old or the new file.
 
-        Side effects: ``sudo cp -p`` backup ``<path>.<YYYYmmddTHHMMSS>.bak`` beside the file; the text is uploaded
-        to /tmp over SFTP, installed as ``<path>.tmp-XXXX`` with the old owner/group/mode, then ``mv -f`` onto
-        ``path``. A missing file is created root:root 0644 without a backup. Returns the backup path or None.
-        The caller decides whether to write at all (nothing here compares old and new).
+        Side effects: the text is uploaded to /tmp over SFTP (mode 600); then ONE sudo command makes the backup
+        ``<path>.<YYYYmmddTHHMMSS>.bak`` (``cp -p``), installs the upload as ``<path>.tmp-XXXX`` with the old
+        owner/group/mode (``--reference``) and renames it onto ``path`` (``_INSTALL_SCRIPT``). A missing file is
+        created root:root 0644 without a backup. Returns the backup path or None. The caller decides whether to
+        write at all (nothing here compares old and new).
         """
-        meta = self.stat(path)
-        backup: str | None = None
-        owner, group, mode = ("root", "root", "644") if meta is None else meta[:3]
-        if meta is not None:
-            backup = self._free_backup_name(path)
-            self.run(["cp", "-p", "--", path, backup], sudo=True)
         token = secrets.token_hex(4)
         upload = f"/tmp/metascale-{token}.upload"
         staged = f"{path}.tmp-{token}"
@@ -337,12 +352,9 @@ class ParamikoRemote:
         except (paramiko.SSHException, EOFError) as exc:
             self._remove_quietly(upload)  # reconnects once: a dropped upload leaves no partial file behind
             raise HostUnreachable(self.host, f"SFTP failed while uploading for {path}: {exc}") from None
-        try:
-            self.run(["install", "-o", owner, "-g", group, "-m", mode, "--", upload, staged], sudo=True)
-            self.run(["mv", "-f", "--", staged, path], sudo=True)
-        finally:
-            self.run(["rm", "-f", "--", upload, staged], sudo=True, check=False)
-        return backup
+        result = self.run(["sh", "-c", _INSTALL_SCRIPT, "metascale-install", path, upload, staged, _utc_stamp()],
+                          sudo=True)
+        return result.stdout.strip() or None
 
     def _remove_quietly(self, path: str) -> None:
         """Best-effort ``rm -f path`` (cleanup after a failure; its own failure is only logged)."""
@@ -351,11 +363,6 @@ class ParamikoRemote:
         except MetaScaleError as exc:
             log.warning("%s: could not remove %s after a failed upload: %s", self.host, path, exc)
 
-    def _free_backup_name(self, path: str) -> str:
-        base = f"{path}.{_utc_stamp()}"
-        candidates = [f"{base}.bak", *(f"{base}-{n}.bak" for n in range(2, 10))]
-        found = self.run(["ls", "-1d", "--", *candidates], sudo=True, check=False).stdout.split()
-        return next((c for c in candidates if c not in found), f"{base}-{secrets.token_hex(2)}.bak")
 
 
 def _collect(channel: paramiko.Channel, deadline: float) -> tuple[int | None, str, str]:
