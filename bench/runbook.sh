@@ -7,7 +7,9 @@
 # Hosts are aliases of SSH_CONFIG (e.g. the lab's `meta1`); META_HOSTS are the cluster's meta hosts before the change
 # (for `down` it includes NODE_HOST). Every command is one plain `ssh -F SSH_CONFIG host '...'` (one handshake per
 # command, as an operator's shell would do); verification polls `databend-metactl status` like metascale.waits
-# (0.05 s doubling to 0.2 s, deadline VERIFY_DEADLINE_S, default 60). Ports are the packaged defaults.
+# (0.05 s doubling to 0.2 s, deadline VERIFY_DEADLINE_S, default 60). Ports are the packaged defaults; the nodes
+# bind their own IP (so metactl is pointed at <ip>:9191 / <ip>:28002) and use a raft secret (so the leave reads the
+# node's config, as the service's user).
 # Exit 0 when the cluster ends in the expected state; 1 with a message otherwise. Optional: SSH_COUNT_FILE (one line
 # per ssh call), BENCH_EVENTS (`noticed <what> <epoch>` when a poll succeeds).
 set -euo pipefail
@@ -15,7 +17,7 @@ set -euo pipefail
 SSH_CONFIG=$1; ACTION=$2; NODE_HOST=$3; NODE_ID=$4; read -r -a METAS <<<"$5"; read -r -a QUERIES <<<"$6"
 META_TOML=/etc/databend/databend-meta.toml
 QUERY_TOML=/etc/databend/databend-query.toml
-RAFT_PORT=28004; GRPC_PORT=9191
+RAFT_PORT=28004; GRPC_PORT=9191; ADMIN_PORT=28002
 DEADLINE_S=${VERIFY_DEADLINE_S:-60}
 
 die() { echo "runbook.sh: $*" >&2; exit 1; }
@@ -45,14 +47,17 @@ poll() {
   if [[ -n ${BENCH_EVENTS:-} ]]; then echo "noticed $what $(date +%s.%N)" >>"$BENCH_EVENTS"; fi
 }
 
+status_of() { r "$1" "cd /tmp && databend-metactl status --grpc-api-address $(ip_of "$1"):$GRPC_PORT"; }
 voters_via() {  # voters_via HOST: the voter ids that HOST reports, space-separated, sorted
-  r "$1" databend-metactl status | awk '/^Voters:/ {v=1; next} /^[A-Za-z]/ {v=0} v && /id=/ {
+  status_of "$1" | awk '/^Voters:/ {v=1; next} /^[A-Za-z]/ {v=0} v && /id=/ {
     sub(/.*id=/, ""); sub(/ .*/, ""); print }' | sort -n | tr '\n' ' '
 }
-leader_via() { r "$1" databend-metactl status | awk '/^Leader: id=/ {sub(/.*id=/, ""); sub(/ .*/, ""); print}'; }
+leader_via() { status_of "$1" | awk '/^Leader: id=/ {sub(/.*id=/, ""); sub(/ .*/, ""); print}'; }
 
-set_join() {  # set_join HOST JOIN_LIST: rewrite [raft_config] join on HOST, comment out single
-  r "$1" "sudo sed -i -E -e 's/^(single *= *true)/# \\1/' -e '/^join *=/d' -e 's|^raft_advertise_host.*|&\\njoin = $2|' $META_TOML"
+set_join() {  # set_join HOST JOIN_LIST: rewrite [raft_config] join on HOST (without itself), comment out single
+  local list
+  list=$(sed -E "s/\"$(ip_of "$1"):$RAFT_PORT\"(, )?//; s/, \]/]/" <<<"$2")
+  r "$1" "sudo sed -i -E -e 's/^(single *= *true)/# \\1/' -e '/^join *=/d' -e 's|^raft_advertise_host.*|&\\njoin = $list|' $META_TOML"
 }
 set_endpoints() {  # set_endpoints HOST LIST: rewrite [meta] endpoints on a query host
   r "$1" "sudo sed -i -E 's|^endpoints *=.*|endpoints = $2|' $QUERY_TOML"
@@ -63,9 +68,10 @@ scale_up() {
   new_ip=$(ip_of "$NODE_HOST")
   existing_join=$(toml_list $RAFT_PORT "${METAS[@]}")
   # 1. copy the configuration from an existing node; 2. set id, advertise host, single off, join
-  r "$source" cat $META_TOML \
+  r "$source" sudo cat $META_TOML \
     | sed -E -e "s/^id( *)= *[0-9]+/id\\1= $NODE_ID/" \
-             -e "s/^(grpc_api_advertise_host|raft_advertise_host)( *)= *\"[^\"]*\"/\\1\\2= \"$new_ip\"/" \
+             -e "s/^(grpc_api_advertise_host|raft_advertise_host|raft_listen_host)( *)= *\"[^\"]*\"/\\1\\2= \"$new_ip\"/" \
+             -e "s/^(grpc_api_address|admin_api_address)( *)= *\"[0-9.]*:/\\1\\2= \"$new_ip:/" \
              -e '/^single *=/d' -e '/^join *=/d' \
              -e "s|^raft_advertise_host.*|&\\njoin = $existing_join|" \
     | r "$NODE_HOST" "sudo tee $META_TOML >/dev/null"
@@ -88,13 +94,13 @@ scale_down() {
   # 1. is the node the leader? 2./3. transfer leadership and verify
   leader=$(leader_via "${rest[0]}")
   if [[ $leader == "$NODE_ID" ]]; then
-    r "$NODE_HOST" databend-metactl transfer-leader
+    r "$NODE_HOST" "cd /tmp && databend-metactl transfer-leader --admin-api-address $(ip_of "$NODE_HOST"):$ADMIN_PORT"
     moved() { local l; l=$(leader_via "${rest[0]}"); [[ -n $l && $l != "$NODE_ID" ]]; }
     poll moved "leadership moved off meta-$NODE_ID"
   fi
   # 4. leave via the remaining nodes
   for h in "${rest[@]}"; do via+=(--leave-via "$(ip_of "$h"):$RAFT_PORT"); done
-  r "${rest[0]}" "cd /tmp && databend-meta --leave-id $NODE_ID ${via[*]}"
+  r "${rest[0]}" "cd / && sudo -u databend databend-meta --config-file $META_TOML --leave-id $NODE_ID ${via[*]}"
   # 5. verify the node is removed
   removed() { [[ " $(voters_via "${rest[0]}") " != *" $NODE_ID "* ]]; }
   poll removed "meta-$NODE_ID removed"

@@ -32,6 +32,9 @@ QUIET_PREFECT_ENV: dict[str, str] = {
 }
 
 
+LEASE_STORAGE_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
+
+
 def prefect_executable() -> str:
     """Return the `prefect` script of the running interpreter's venv (falls back to PATH)."""
     candidate = Path(sys.executable).with_name("prefect")
@@ -64,6 +67,9 @@ def server_env(home: Path, api_url: str, database_url: str, base: Mapping[str, s
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     env["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
     env["PREFECT_UI_API_URL"] = api_url
+    # concurrency leases (the cluster lock) on disk under PREFECT_HOME, not in the server's memory: a server restart
+    # then keeps the lease of a change in progress instead of leaking its slot (flows/cluster_lock.py)
+    env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASE_STORAGE_ON_DISK)
     return env
 
 

@@ -1,4 +1,4 @@
-"""Serve scale-up, scale-down and cluster-check from this one process (no work pool, no worker).
+"""Serve scale-up, scale-down, cluster-check and sync-inventory from this one process (no work pool, no worker).
 
     python -m deployments.serve            # needs PREFECT_API_URL pointing at a Prefect server
 

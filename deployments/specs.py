@@ -16,7 +16,7 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 WORK_POOL = "metascale-pool"
-DEPLOYMENT_NAMES = ("scale-up", "scale-down", "cluster-check")
+DEPLOYMENT_NAMES = ("scale-up", "scale-down", "cluster-check", "sync-inventory")
 
 
 @dataclass(frozen=True)

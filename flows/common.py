@@ -6,31 +6,42 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import Any
 
 from prefect import get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from metascale.errors import PlanRefused
+from metascale.redact import install_log_redaction, redact, redact_any
 from metascale.inventory import Inventory, load_inventory, validate_host
-from metascale.plan import ScalePlan
+from metascale.plan import QueryFacts, ScalePlan
 from metascale.preview import as_meta_node
 from metascale.status import ClusterStatus
+from flows.cluster_lock import (  # noqa: F401  (lock_name, ensure_cluster_limit: used by tests and setup)
+    LOCK_LEASE_S,
+    LOCK_WAIT_S,
+    ChangeGuard,
+    ChangeStopped,
+    ClusterLock,
+    GuardedProgress,
+    ensure_cluster_limit,
+    interrupted_change_reason,
+    lock_name,
+)
 from tasks import runbook as rb
+
+install_log_redaction()  # every log line of a run (flow, tasks, core modules) without secret values
 
 _BLOCK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _UNSAFE_PATH_CHARS = set(";|&$`<>\\\"'\n\r\0*?(){}[]!#")
-LOCK_WAIT_S = 300.0
-LOCK_LEASE_S = 60  # a killed run frees the cluster lock after this long (the lease is renewed while held)
 PARALLEL_HOSTS = 16  # at most this many hosts are edited at once (query endpoints, join lists)
 
 
@@ -114,105 +125,177 @@ def tag_flow_run(cluster: str) -> None:
         client.update_flow_run(run_id, tags=tags)
 
 
-def lock_name(cluster: str) -> str:
-    """Return the global concurrency limit name of ``cluster``."""
-    return f"metascale-cluster-{cluster}"
-
-
-def ensure_cluster_limit(cluster: str) -> None:
-    """Create the cluster's global concurrency limit (limit 1) if it is missing. Idempotent; safe in a race."""
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    name = lock_name(cluster)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-            return
-        except ObjectNotFound:
-            pass
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass
-
-
 @contextmanager
-def cluster_lock(cluster: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+def cluster_lock(cluster: str, action: str = "change", wait_s: float = LOCK_WAIT_S) -> Iterator[ClusterLock]:
     """Hold the cluster's lock (one change at a time) for the block; wait at most ``wait_s`` for it.
 
-    Raises: PlanRefused when another run holds the lock for longer than ``wait_s``.
+    The lock is `flows.cluster_lock.ClusterLock`: refused when the limit is inactive or above 1, names its holder
+    (this flow run), survives an API outage shorter than its lease, and records an unfinished change.
+    Raises: PlanRefused when the limit is not a lock or another run holds it for longer than ``wait_s``.
     """
     logger = get_run_logger()
-    ensure_cluster_limit(cluster)
     name = lock_name(cluster)
     logger.info("waiting for the cluster lock %s (at most %.0f s)", name, wait_s)
+    lock = ClusterLock.acquire(cluster, run_id=str(runtime_flow_run.id or "local"),
+                               run_name=str(runtime_flow_run.name or "local"), action=action, wait_s=wait_s,
+                               log=logger.info)
+    logger.info("holding the cluster lock %s as %s", name, lock.holder.describe())
     try:
-        with concurrency(name, occupy=1, timeout_seconds=wait_s, lease_duration=LOCK_LEASE_S, strict=True):
-            logger.info("holding the cluster lock %s", name)
-            yield
-    except TimeoutError:
-        raise PlanRefused(
-            "change", f"another run holds the lock {name} of cluster {cluster} for more than {wait_s:.0f} s; "
-            f"wait for it to finish and rerun"
-        ) from None
+        yield lock
+    finally:
+        lock.release()
+
+
+def change_guard(lock: ClusterLock) -> ChangeGuard:
+    """Return the guard to wrap the changes in: SIGTERM/SIGINT and a lost lock stop the run at a step boundary.
+    Use ``GuardedProgress.under(guard)`` as the run's Progress."""
+    return ChangeGuard(lock, log=get_run_logger().warning)
+
+
+def note_interrupted_change(plan: ScalePlan, lock: ClusterLock) -> ScalePlan:
+    """Return ``plan`` with a note first when the previous change on this cluster did not finish."""
+    reason = interrupted_change_reason(lock.previous, own_run_id=lock.holder.run_id)
+    if reason is None:
+        return plan
+    get_run_logger().warning("%s", reason)
+    return plan.model_copy(update={"notes": (reason, *plan.notes)})
 
 
 def publish_plan(plan: ScalePlan) -> str:
     """Publish the plan as the markdown artifact ``plan-<cluster>``; return the markdown."""
-    markdown = plan.to_markdown()
-    create_markdown_artifact(key=f"plan-{plan.cluster}", markdown=markdown, description=plan.summary())
+    markdown = plan.to_markdown()  # redacted (ScalePlan.to_markdown)
+    create_markdown_artifact(key=f"plan-{plan.cluster}", markdown=markdown, description=redact(plan.summary()))
     get_run_logger().info("plan: %s", plan.summary())
     return markdown
 
 
 def publish_status_table(cluster: str, rows: list[dict[str, str]], description: str) -> None:
     """Publish a before/after status table artifact ``status-<cluster>``."""
-    create_table_artifact(key=f"status-{cluster}", table=rows, description=description)
+    create_table_artifact(key=f"status-{cluster}", table=redact_any(rows), description=redact(description))
 
 
 def publish_markdown(key: str, markdown: str, description: str) -> None:
-    """Publish a keyed markdown artifact (keys: lowercase letters, digits, dashes)."""
-    create_markdown_artifact(key=key, markdown=markdown, description=description)
+    """Publish a keyed markdown artifact (keys: lowercase letters, digits, dashes); secret values redacted."""
+    create_markdown_artifact(key=key, markdown=redact(markdown), description=redact(description))
 
 
-def check_maintenance_window(action: str, spec: str, override: bool, now: datetime | None = None) -> None:
-    """Refuse a change outside the maintenance window ``spec`` unless ``override``."""
+def utcnow() -> datetime:
+    """The current time (UTC). The one clock the maintenance-window checks read (a test replaces it)."""
+    return datetime.now(timezone.utc)
+
+
+def check_maintenance_window(action: str, spec: str, override: bool, now: datetime | None = None, *,
+                             after_approval: bool = False) -> None:
+    """Refuse a change outside the maintenance window ``spec`` unless ``override``. ``after_approval``: asked again
+    once the operator approved (the window may have closed during the wait)."""
     if not spec:
         return
     from metascale.window import check_window
 
-    reason = check_window(spec, now or datetime.now(timezone.utc))
+    reason = check_window(spec, now or utcnow())
     if reason is None:
         return
+    if after_approval:
+        reason = f"the approval came after the maintenance window closed: {reason}"
     if override:
         get_run_logger().warning("%s; going ahead because override_window is set", reason)
         return
-    raise PlanRefused(action, f"{reason}; rerun inside the window or with override_window=True")
+    get_run_logger().error("%s; nothing was changed", reason)  # the server may replace a paused run's message
+    raise PlanRefused(action, f"{reason}; nothing was changed: rerun inside the window or with override_window=True")
 
 
-def request_approval(action: str, plan: ScalePlan, timeout_s: int, poll_interval_s: int = 1) -> None:
-    """Pause until an operator approves the plan. Raises PlanRefused on reject or timeout (nothing changed)."""
+def approval_wait_s(timeout_s: int, spec: str, override: bool, now: datetime | None = None) -> tuple[int, str]:
+    """Return (seconds to wait for approval, why it is less than ``timeout_s`` or ""): the wait never outlasts the
+    maintenance window (unless ``override``), so an approval cannot arrive after the window closed."""
+    if not spec or override:
+        return timeout_s, ""
+    from metascale.window import parse_window, time_left
+
+    now = now or utcnow()
+    left = time_left(spec, now)
+    if left is None or left.total_seconds() >= timeout_s:
+        return timeout_s, ""
+    closes = parse_window(spec).closes_at(now)
+    wait = max(int(left.total_seconds()), 1)
+    return wait, f"the maintenance window {spec!r} closes at {closes:%a %Y-%m-%d %H:%M %Z}, in {wait} s"
+
+
+def request_approval(action: str, plan: ScalePlan, timeout_s: int, poll_interval_s: int = 1, *,
+                     maintenance_window: str = "", override_window: bool = False) -> None:
+    """Pause until an operator approves the plan, at most ``timeout_s`` and never past the end of the maintenance
+    window. Raises PlanRefused on reject or timeout (nothing changed)."""
     from prefect.exceptions import FlowPauseTimeout
 
     logger = get_run_logger()
-    logger.info("waiting up to %d s for approval of: %s", timeout_s, plan.summary())
+    wait_s, capped = approval_wait_s(timeout_s, maintenance_window, override_window)
+    if capped:
+        logger.info("approval wait capped at %d s (approval_timeout_s=%d): %s", wait_s, timeout_s, capped)
+    logger.info("waiting up to %d s for approval of: %s", wait_s, plan.summary())
     try:
         answer = pause_flow_run(
             wait_for_input=ScaleApproval.with_initial_data(description=plan.to_markdown(), approve=False),
-            timeout=timeout_s,
+            timeout=wait_s,
             poll_interval=poll_interval_s,
         )
     except FlowPauseTimeout:
-        raise PlanRefused(action, f"no approval within {timeout_s} s; nothing was changed") from None
+        why = f"no approval within {wait_s} s" + (f" ({capped})" if capped else "")
+        logger.error("%s; nothing was changed", why)  # the server replaces a timed-out pause's own message
+        raise PlanRefused(action, f"{why}; nothing was changed") from None
     if not answer.approve:
         raise PlanRefused(action, f"rejected by operator: {answer.reason or '(no reason given)'}; nothing was changed")
     logger.info("approved by operator: %s", answer.reason or "(no reason given)")
+
+
+def confirm_plan_unchanged(action: str, approved: ScalePlan, current: ScalePlan) -> None:
+    """After the approval: refuse unless the plan made again from a fresh read of the cluster is the approved one.
+
+    Raises: PlanRefused saying what changed (nothing was changed on the cluster)."""
+    from metascale.plan import plan_differences
+
+    changes = plan_differences(approved, current)
+    if not changes:
+        get_run_logger().info("re-read the cluster after the approval: the plan is unchanged")
+        return
+    reason = (f"the cluster changed while waiting for approval, so the approved plan is not the one that would run: "
+              f"{'; '.join(changes)}; nothing was changed: review the new plan and rerun")
+    get_run_logger().error("%s", reason)
+    raise PlanRefused(action, reason)
+
+
+def approve_and_replan(
+    action: str, plan: ScalePlan, lock: ClusterLock,
+    make_plan: Callable[[Inventory], tuple[ScalePlan, ClusterStatus, dict[str, QueryFacts]]], *,
+    inventory: str, cluster_block: str, timeout_s: int, maintenance_window: str, override_window: bool,
+) -> tuple[Inventory, ClusterStatus, dict[str, QueryFacts]]:
+    """The approval gate of a change: wait for the operator, check the window again, re-read the inventory and the
+    cluster, plan again with ``make_plan`` and refuse unless that is the approved plan.
+
+    Returns the re-read (inventory, status, query facts) the change then runs on. Raises: PlanRefused (nothing
+    was changed)."""
+    request_approval(action, plan, timeout_s, maintenance_window=maintenance_window,
+                     override_window=override_window)
+    check_maintenance_window(action, maintenance_window, override_window, after_approval=True)
+    cluster, _ = resolve_cluster(inventory, cluster_block)
+    try:
+        current, before, query_facts = make_plan(cluster)
+    except PlanRefused as exc:
+        raise PlanRefused(action, f"the cluster changed while waiting for approval: {exc.reason}") from None
+    confirm_plan_unchanged(action, plan, note_interrupted_change(current, lock))
+    return cluster, before, query_facts
+
+
+def refuse_without_fault_tolerance(action: str, plan: ScalePlan) -> None:
+    """Refuse a plan that leaves 1 or 2 voters unless the operator accepted it (accept_no_fault_tolerance)."""
+    reason = plan.fault_tolerance_refusal()
+    if reason:
+        raise PlanRefused(action, reason)
 
 
 class ScaleFailed(Exception):
     """A scale run failed after it started changing the cluster; the message says the state and what to do next."""
 
     def __init__(self, message: str) -> None:
+        message = redact(message)  # it quotes the failed step's error and the cluster state
         super().__init__(message)
         self.message = message
 
@@ -235,6 +318,11 @@ class ScaleOutcome(BaseModel):
     elapsed_s: float = Field(default=0.0, description="seconds from the start of the changes to the end")
     waited_s: float = Field(default=0.0, description="of which inside verify_* tasks, waiting on the cluster")
     plan_markdown: str = ""
+
+    @field_validator("message", "plan_markdown", "changed_steps", "skipped_steps")
+    @classmethod
+    def _no_secret_values(cls, value: Any) -> Any:
+        return redact_any(value)  # the flow's return value is stored and shown by the API and the CLI
 
     @classmethod
     def planned(cls, plan: ScalePlan, message: str, *, dry_run: bool) -> ScaleOutcome:
@@ -260,6 +348,29 @@ class ScaleOutcome(BaseModel):
         return cls(action=plan.action, cluster=plan.cluster, changed=bool(changed), message=message,
                    voters_before=list(plan.voters_before), voters_after=list(voters), changed_steps=changed,
                    skipped_steps=skipped, elapsed_s=elapsed, waited_s=waited, plan_markdown=plan.to_markdown())
+
+
+def read_query_facts(cluster: Inventory) -> dict[str, QueryFacts]:
+    """Read every query node's config facts in parallel (auto sync, health address): host -> QueryFacts."""
+    queries = list(cluster.query_nodes)
+    if not queries:
+        return {}
+    return {f.host: f for f in rb.check_query_node.map(unmapped(cluster), queries).result()}
+
+
+def restart_query_nodes_one_at_a_time(cluster: Inventory, plan: ScalePlan, progress: rb.Progress,
+                                      deadline_s: float, query_facts: dict[str, QueryFacts]) -> None:
+    """restart_query_nodes: refuse when no meta endpoint of the new list answers; else restart each query node in
+    turn (`systemctl restart`, never reload), each healthy before the next."""
+    progress.step = "check a meta endpoint answers before restarting query nodes"
+    status = rb.read_cluster_status(cluster, settle_s=0)
+    rb.check_query_endpoints_answer(cluster, status, list(plan.endpoints_after))
+    for query in cluster.query_nodes:
+        facts = query_facts.get(query.host)
+        health = facts.health_address if facts and not facts.read_error else QueryFacts(host=query.host).health_address
+        progress.step = f"restart the query node {query.host}"
+        progress.record([progress.verify(f"restart the query node {query.host} and wait until it is healthy",
+                                         lambda q=query, h=health: rb.restart_query_node(cluster, q, h, deadline_s))])
 
 
 def status_rows(before: ClusterStatus, after: ClusterStatus) -> list[dict[str, str]]:

@@ -11,22 +11,30 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import (
     PARALLEL_HOSTS,
     ScaleOutcome,
+    read_query_facts,
+    restart_query_nodes_one_at_a_time,
     check_common_parameters,
     check_maintenance_window,
+    GuardedProgress,
+    change_guard,
     cluster_lock,
+    note_interrupted_change,
+    approve_and_replan,
+    refuse_without_fault_tolerance,
     cluster_name_for_run_name,
     fail_with_diagnostics,
     publish_plan,
     publish_status_table,
-    request_approval,
     resolve_cluster,
     status_rows,
     tag_flow_run,
 )
 from metascale.errors import ClusterNotConverged, PlanRefused
 from metascale.inventory import Inventory
-from metascale.plan import NodeChange, ScalePlan, plan_scale_down
-from metascale.preview import view_of_cluster
+from metascale.plan import NodeChange, QueryFacts, ScalePlan, plan_scale_down
+from metascale.drift import member_meta_node
+from metascale.preview import as_meta_node, view_of_cluster
+from metascale.status import ClusterStatus
 from tasks import runbook as rb
 from tasks.pool import run_pool
 
@@ -57,6 +65,8 @@ def scale_down(
     verify_deadline_s: float = 60,
     maintenance_window: str = "",
     override_window: bool = False,
+    restart_query_nodes: bool = False,
+    accept_no_fault_tolerance: bool = False,
 ) -> ScaleOutcome:
     """Remove the meta nodes `node_ids` from the cluster, one at a time, safely.
 
@@ -64,6 +74,12 @@ def scale_down(
     the remaining voters, verify, stop and disable the service, retire its raft dir, verify the cluster, update
     `join` on the remaining meta nodes and `[meta] endpoints` on every query node, record the inventory.
     `force=True` removes a node whose host is dead (the steps that need its host are skipped).
+
+    Args:
+        restart_query_nodes: after the endpoints are written, restart the query nodes one at a time
+            (`systemctl restart`), each healthy before the next, so they stop using the removed node now.
+        accept_no_fault_tolerance: allow a change that leaves 1 or 2 voters, which tolerate no failure (any one
+            voter down stops the cluster). Without it such a plan is shown but refused. Never set it in a schedule.
     """
     check_common_parameters(ACTION, inventory, cluster_block, approval_timeout_s, verify_deadline_s,
                             maintenance_window)
@@ -73,38 +89,65 @@ def scale_down(
         raise PlanRefused(ACTION, f"node ids must be >= 0 (got {node_ids})")
     cluster, key_text = resolve_cluster(inventory, cluster_block)
     tag_flow_run(cluster.name)
-    with run_pool(cluster, key_text), cluster_lock(cluster.name):
+    with run_pool(cluster, key_text), cluster_lock(cluster.name, ACTION) as lock:
         cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
-        before = rb.read_cluster_status(cluster)
-        reachable = rb.reachable_hosts(cluster, [n.host for n in cluster.meta_nodes if n.node_id in node_ids])
-        plan = plan_scale_down(cluster, view_of_cluster(before), node_ids, force=force, reachable_hosts=reachable)
-        plan = plan.with_file_changes(rb.preview_file_changes(cluster, plan))
+        plan, before, query_facts = _make_plan(cluster, node_ids, force, restart_query_nodes,
+                                               accept_no_fault_tolerance)
+        plan = note_interrupted_change(plan, lock)  # the last change on this cluster did not finish
         publish_plan(plan)
         if dry_run:
-            return ScaleOutcome.planned(plan, "dry run: nothing was changed", dry_run=True)
+            refusal = plan.fault_tolerance_refusal()
+            return ScaleOutcome.planned(plan, "dry run: nothing was changed"
+                                        + (f"; a real run would be refused: {refusal}" if refusal else ""),
+                                        dry_run=True)
         if plan.nothing_to_do:
             return ScaleOutcome.planned(plan, plan.summary(), dry_run=False)
+        refuse_without_fault_tolerance(ACTION, plan)
         check_maintenance_window(ACTION, maintenance_window, override_window)
         if require_approval:
-            request_approval(ACTION, plan, approval_timeout_s)
-        progress = rb.Progress()
-        try:
-            final = _apply(cluster, plan, progress, leave_timeout_s, verify_deadline_s, inventory, cluster_block)
-        except Exception as exc:
-            fail_with_diagnostics(ACTION, cluster, plan, progress, exc)
+            cluster, before, query_facts = approve_and_replan(
+                ACTION, plan, lock, lambda c: _make_plan(c, node_ids, force, restart_query_nodes, accept_no_fault_tolerance),
+                inventory=inventory, cluster_block=cluster_block, timeout_s=approval_timeout_s,
+                maintenance_window=maintenance_window, override_window=override_window)
+        with change_guard(lock) as guard:  # SIGTERM / a lost lock: stop at the next step boundary
+            progress = GuardedProgress.under(guard)
+            try:
+                final = _apply(cluster, plan, progress, leave_timeout_s, verify_deadline_s, inventory, cluster_block,
+                               query_facts)
+            except Exception as exc:
+                fail_with_diagnostics(ACTION, cluster, plan, progress, exc)
         after = rb.read_cluster_status(final)
         publish_status_table(cluster.name, status_rows(before, after), f"{ACTION}: {plan.summary()}")
         return ScaleOutcome.applied(plan, progress, after)
 
 
+def _make_plan(cluster: Inventory, node_ids: list[int], force: bool, restart_query_nodes: bool,
+               accept_no_fault_tolerance: bool) -> tuple[ScalePlan, ClusterStatus, dict[str, QueryFacts]]:
+    """Read the cluster and the hosts involved and plan the removal (with file diffs): (plan, status, query facts).
+    Read-only. Raises: PlanRefused."""
+    rb.check_meta_versions(cluster, [n.host for n in cluster.meta_nodes])
+    before = rb.read_cluster_status(cluster)
+    view = view_of_cluster(before)
+    hosts = [n.host for n in cluster.meta_nodes if n.node_id in node_ids]
+    hosts += [n.host for i in node_ids if i not in cluster.meta_ids and i in view.members  # half-added, unlisted
+              and (n := member_meta_node(i, view.node_addrs.get(i, ""), view.grpc_addrs.get(i, ""))) is not None]
+    reachable = rb.reachable_hosts(cluster, hosts)
+    query_facts = read_query_facts(cluster)
+    plan = plan_scale_down(cluster, view, node_ids, force=force, reachable_hosts=reachable,
+                           query_facts=query_facts, restart_query_nodes=restart_query_nodes,
+                           accept_no_fault_tolerance=accept_no_fault_tolerance)
+    return plan.with_file_changes(rb.preview_file_changes(cluster, plan)), before, query_facts
+
+
 def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, leave_timeout_s: float,
-           deadline_s: float, inventory_path: str, cluster_block: str) -> Inventory:
+           deadline_s: float, inventory_path: str, cluster_block: str,
+           query_facts: dict[str, QueryFacts]) -> Inventory:
     """Carry out ``plan`` (already approved); return the inventory as recorded at the end."""
     current = cluster
     for change in plan.changes:
-        _remove_one(current, change, progress, leave_timeout_s, deadline_s, plan.answering)
-        current = current.without_meta_node(change.node_id,
-                                             removed_at=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+        _remove_one(current, change, progress, leave_timeout_s, deadline_s, plan)
+        current = current.with_removed_record(change.node_id, change.host,  # [[removed]], listed or not
+                                              removed_at=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     remaining = list(current.meta_nodes)
     progress.step = "update join on the remaining meta nodes"
     progress.record(rb.update_join_on_existing_nodes.map(unmapped(current), remaining, unmapped(list(plan.join_after)))
@@ -113,21 +156,28 @@ def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, leave_tim
     queries = list(current.query_nodes)
     progress.record(rb.update_query_meta_endpoints.map(unmapped(current), queries, unmapped(list(plan.endpoints_after)))
                     .result())
+    if plan.restart_query_nodes:
+        restart_query_nodes_one_at_a_time(current, plan, progress, deadline_s, query_facts)
     progress.step = "record the inventory"
     progress.record([rb.record_inventory(current, inventory_path, cluster_block)])
     return current
 
 
 def _remove_one(cluster: Inventory, change: NodeChange, progress: rb.Progress, leave_timeout_s: float,
-                deadline_s: float, answering: tuple[int, ...]) -> None:
-    """Remove one node: leadership, leave, verify, stop, retire, verify stable. Each step is a no-op when done."""
+                deadline_s: float, plan: ScalePlan) -> None:
+    """Remove one node: leadership, leave, verify, stop, retire, verify stable. Each step is a no-op when done.
+
+    Leadership is checked right before the leave, whoever the plan saw leading: if this node leads now, it moves
+    to a voter that stays (never to another node of the same request)."""
     logger = get_run_logger()
+    answering = plan.answering
+    if change.node_id not in cluster.meta_ids:  # a half-added member the inventory never listed: its node record
+        cluster = cluster.with_meta_node(as_meta_node(change))  # names its host; reach it with the inventory's SSH
     node = cluster.meta_node(change.node_id)
     rest = [n for n in cluster.meta_nodes if n.node_id != change.node_id]
-    if change.transfer_leader_to is not None:
+    if not change.already_removed and not change.host_dead:
         progress.step = f"move leadership off meta-{node.node_id}"
-        others = [i for i in change.voters_after if i in answering and i != change.transfer_leader_to]
-        _move_leadership(cluster, node.node_id, [change.transfer_leader_to, *others], progress, deadline_s)
+        _move_leadership(cluster, node.node_id, plan.transfer_targets(node.node_id), progress, deadline_s)
     if not change.already_removed:
         progress.step = f"re-check quorum before meta-{node.node_id} leaves"
         rb.check_quorum_before_leave(cluster, node.node_id, list(change.voters_after))
@@ -161,6 +211,9 @@ def _move_leadership(cluster: Inventory, node_id: int, targets: list[int], progr
         if leader != node_id:
             get_run_logger().info("meta-%d is not the leader (leader: meta-%s): no transfer needed", node_id, leader)
             return
+        if not targets:
+            raise PlanRefused(ACTION, f"meta-{node_id} leads now and no voter that stays answered at plan time to "
+                                      f"take over; nothing more was changed")
         target = targets[(attempt - 1) % len(targets)]
         progress.record([rb.transfer_leadership(cluster, cluster.meta_node(node_id), target)])
         try:

@@ -8,23 +8,29 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
     PARALLEL_HOSTS,
+    read_query_facts,
+    restart_query_nodes_one_at_a_time,
     NewMetaNode,
     ScaleOutcome,
     check_common_parameters,
     check_maintenance_window,
+    GuardedProgress,
+    change_guard,
     cluster_lock,
+    note_interrupted_change,
+    approve_and_replan,
+    refuse_without_fault_tolerance,
     cluster_name_for_run_name,
     fail_with_diagnostics,
     publish_plan,
     publish_status_table,
-    request_approval,
     resolve_cluster,
     status_rows,
     tag_flow_run,
 )
 from metascale.errors import PlanRefused
 from metascale.inventory import Inventory, MetaNode
-from metascale.plan import NewNodeSpec, ScalePlan, plan_scale_up
+from metascale.plan import NewNodeSpec, QueryFacts, ScalePlan, plan_scale_up
 from metascale.preview import as_meta_node, source_node, view_of_cluster
 from metascale.status import ClusterStatus
 from tasks import runbook as rb
@@ -57,12 +63,24 @@ def scale_up(
     verify_deadline_s: float = 60,
     maintenance_window: str = "",
     override_window: bool = False,
+    reset_new_node: bool = False,
+    restart_query_nodes: bool = False,
+    accept_no_fault_tolerance: bool = False,
 ) -> ScaleOutcome:
     """Add the hosts `new_nodes` to the cluster as meta voters, one at a time, verifying each before the next.
 
     Plan first (published as the `plan-<cluster>` artifact), then per node: copy the config from an existing
-    node, set id / advertise host / `single` off / `join`, start the service, wait until it is a voter; then set
-    `join` on every meta node, `[meta] endpoints` on every query node, and record the inventory.
+    node, set id / advertise host / `single` off / `join`, start the service, wait until it is a voter and has
+    caught up; then set `join` on every meta node, `[meta] endpoints` on every query node, and record the inventory.
+
+    Args:
+        reset_new_node: a new host that already runs databend-meta as a one-node cluster of its own (started once
+            with the packaged `single = true`) gets its service stopped and its raft dir moved aside
+            (`<raft_dir>.reset-<ts>`) first. Any other used raft dir or running service is refused.
+        restart_query_nodes: after the endpoints are written, restart the query nodes one at a time
+            (`systemctl restart`), each healthy before the next, so they use the new membership now.
+        accept_no_fault_tolerance: allow a change that leaves 1 or 2 voters, which tolerate no failure (any one
+            voter down stops the cluster). Without it such a plan is shown but refused. Never set it in a schedule.
     """
     check_common_parameters(ACTION, inventory, cluster_block, approval_timeout_s, verify_deadline_s,
                             maintenance_window)
@@ -71,34 +89,58 @@ def scale_up(
     cluster, key_text = resolve_cluster(inventory, cluster_block)
     tag_flow_run(cluster.name)
     specs = [NewNodeSpec(**n.model_dump()) for n in new_nodes]
-    with run_pool(cluster, key_text), cluster_lock(cluster.name):
+    with run_pool(cluster, key_text), cluster_lock(cluster.name, ACTION) as lock:
         cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
-        before = rb.read_cluster_status(cluster)
-        joined = _joined_but_unrecorded(cluster, specs, before)
-        if joined:
-            before = rb.read_cluster_status(cluster, [*cluster.meta_nodes, *joined])
-        view = view_of_cluster(before)
-        facts = {s.host: f for s, f in zip(specs, rb.check_new_host.map(unmapped(cluster), specs).result(),
-                                           strict=True)}
-        plan = plan_scale_up(cluster, view, specs, facts)
-        plan = plan.with_file_changes(rb.preview_file_changes(cluster, plan))
+        plan, before, query_facts = _make_plan(cluster, specs, reset_new_node, restart_query_nodes,
+                                               accept_no_fault_tolerance)
+        plan = note_interrupted_change(plan, lock)  # the last change on this cluster did not finish
         publish_plan(plan)
         if dry_run:
-            return ScaleOutcome.planned(plan, "dry run: nothing was changed", dry_run=True)
+            refusal = plan.fault_tolerance_refusal()
+            return ScaleOutcome.planned(plan, "dry run: nothing was changed"
+                                        + (f"; a real run would be refused: {refusal}" if refusal else ""),
+                                        dry_run=True)
         if plan.nothing_to_do:
             return ScaleOutcome.planned(plan, plan.summary(), dry_run=False)
+        refuse_without_fault_tolerance(ACTION, plan)
         check_maintenance_window(ACTION, maintenance_window, override_window)
         if require_approval:
-            request_approval(ACTION, plan, approval_timeout_s)
-        progress = rb.Progress()
-        try:
-            final = _apply(cluster, plan, progress, verify_deadline_s, inventory, cluster_block)
-        except Exception as exc:
-            _undo_unjoined(cluster, plan, progress)
-            fail_with_diagnostics(ACTION, cluster, plan, progress, exc)
+            cluster, before, query_facts = approve_and_replan(
+                ACTION, plan, lock, lambda c: _make_plan(c, specs, reset_new_node, restart_query_nodes, accept_no_fault_tolerance),
+                inventory=inventory, cluster_block=cluster_block, timeout_s=approval_timeout_s,
+                maintenance_window=maintenance_window, override_window=override_window)
+        with change_guard(lock) as guard:  # SIGTERM / a lost lock: stop at the next step boundary
+            progress = GuardedProgress.under(guard)
+            try:
+                final = _apply(cluster, plan, progress, verify_deadline_s, inventory, cluster_block, query_facts)
+            except Exception as exc:
+                _undo_unjoined(cluster, plan, progress)
+                fail_with_diagnostics(ACTION, cluster, plan, progress, exc)
         after = rb.read_cluster_status(final)
         publish_status_table(cluster.name, status_rows(before, after), f"{ACTION}: {plan.summary()}")
         return ScaleOutcome.applied(plan, progress, after)
+
+
+def _make_plan(cluster: Inventory, specs: list[NewNodeSpec], reset_new_node: bool, restart_query_nodes: bool,
+               accept_no_fault_tolerance: bool) -> tuple[ScalePlan, ClusterStatus, dict[str, QueryFacts]]:
+    """Read the cluster, the new hosts and the query nodes and plan the addition (with file diffs): (plan, status,
+    query facts). Read-only. Raises: PlanRefused."""
+    specs, resolved = rb.resolve_new_hosts(cluster, specs)  # a DNS name -> its one IP, shown in the plan
+    rb.check_meta_versions(cluster, [*(n.host for n in cluster.meta_nodes), *(s.host for s in specs)])
+    before = rb.read_cluster_status(cluster)
+    joined = _joined_but_unrecorded(cluster, specs, before)
+    if joined:
+        before = rb.read_cluster_status(cluster, [*cluster.meta_nodes, *joined])
+    view = view_of_cluster(before)
+    facts = {s.host: f for s, f in zip(specs, rb.check_new_host.map(unmapped(cluster), specs).result(),
+                                       strict=True)}
+    query_facts = read_query_facts(cluster)
+    plan = plan_scale_up(cluster, view, specs, facts, reset_new_node=reset_new_node, query_facts=query_facts,
+                         restart_query_nodes=restart_query_nodes, accept_no_fault_tolerance=accept_no_fault_tolerance)
+    plan = plan.with_file_changes(rb.preview_file_changes(cluster, plan))
+    if resolved:
+        plan = plan.model_copy(update={"notes": (*resolved, *plan.notes)})
+    return plan, before, query_facts
 
 
 def _joined_but_unrecorded(cluster: Inventory, specs: list[NewNodeSpec], status: ClusterStatus) -> list[MetaNode]:
@@ -115,11 +157,14 @@ def _joined_but_unrecorded(cluster: Inventory, specs: list[NewNodeSpec], status:
 
 
 def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, deadline_s: float, inventory_path: str,
-           cluster_block: str) -> Inventory:
+           cluster_block: str, query_facts: dict[str, QueryFacts]) -> Inventory:
     """Carry out ``plan`` (already approved); return the inventory as recorded at the end."""
     current = cluster
     for change in plan.changes:
         node = as_meta_node(change)
+        if change.reset_raft_dir:
+            progress.step = f"reset the raft dir of {node.host}"
+            progress.record([rb.reset_new_node_raft_dir(current, node, change.reset_raft_dir)])
         if not change.already_member:
             progress.step = f"copy the config to {node.host}"
             source = source_node(current, plan)
@@ -139,13 +184,16 @@ def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, deadline_
     queries = list(current.query_nodes)
     progress.record(rb.update_query_meta_endpoints.map(unmapped(current), queries,
                                                        unmapped(list(plan.endpoints_after))).result())
+    if plan.restart_query_nodes:
+        restart_query_nodes_one_at_a_time(current, plan, progress, deadline_s, query_facts)
     progress.step = "record the inventory"
     progress.record([rb.record_inventory(current, inventory_path, cluster_block)])
     return current
 
 
 def _undo_unjoined(cluster: Inventory, plan: ScalePlan, progress: rb.Progress) -> None:
-    """After a failure: for each new node the cluster did NOT take (not a voter), stop the service we started and
+    """After a failure: for each new node the cluster did NOT take (not a voter), put the service back the way it
+    was before the run (stop it only if it was not running then, disable it only if it was not enabled then) and
     restore its config from the backup. Nodes that joined keep everything (a rerun finishes the job)."""
     logger = get_run_logger()
     added = [c for c in plan.changes if c.action == "add" and not c.already_member]
@@ -164,8 +212,14 @@ def _undo_unjoined(cluster: Inventory, plan: ScalePlan, progress: rb.Progress) -
         mine = [r for r in progress.results if r.host == node.host and r.changed]
         try:
             if any(r.step == "start_meta_service" for r in mine):
-                rb.stop_new_node(cluster, node)
-                progress.restored.append(f"stopped and disabled databend-meta on {node.host}")
+                stop, disable = not change.service_was_active, not change.service_was_enabled
+                if stop or disable:
+                    rb.stop_new_node(cluster, node, stop=stop, disable=disable)
+                done = [w for w, yes in (("stopped", stop), ("disabled", disable)) if yes]
+                kept = [w for w, yes in (("running", not stop), ("enabled", not disable)) if yes]
+                progress.restored.append(
+                    f"{' and '.join(done) or 'left'} databend-meta on {node.host}"
+                    + (f" (kept {' and '.join(kept)}: it was so before the run)" if kept else ""))
             for result in mine:
                 if result.step == "write_new_node_config" and result.backup_path:
                     rb.restore_config_from_backup(cluster, node.host, cluster.paths.meta_config, result.backup_path)

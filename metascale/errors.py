@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from metascale.redact import redact
+
 
 def _tail(text: str, lines: int = 10) -> str:
     """Return the last ``lines`` lines of ``text`` (stripped of trailing blank lines)."""
@@ -16,7 +18,24 @@ def _tail(text: str, lines: int = 10) -> str:
 
 
 class MetaScaleError(Exception):
-    """Base class of every error metascale raises on purpose."""
+    """Base class of every error metascale raises on purpose.
+
+    Its text never shows a secret value metascale has read (``redact.redact``): every subclass's ``__str__`` is
+    wrapped when the class is defined, so a stderr tail or a library message that echoes a password shows ``***``.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__str__")
+        if own is not None and not getattr(own, "_redacted", False):
+            def __str__(self: MetaScaleError, _own: Any = own) -> str:
+                return redact(_own(self))
+
+            __str__._redacted = True  # type: ignore[attr-defined]
+            cls.__str__ = __str__  # type: ignore[method-assign]
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class InventoryError(MetaScaleError, ValueError):

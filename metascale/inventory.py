@@ -30,19 +30,27 @@ _SSH_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
 
 def validate_host(value: str) -> str:
-    """Return ``value`` if it is a hostname (RFC 1123) or an IP literal; raise ValueError naming it otherwise."""
+    """Return ``value`` if it is a DNS name (labels of ``[A-Za-z0-9-]`` joined by ``.``) or an IP literal without a
+    zone id; raise ValueError naming it otherwise.
+
+    So a host never carries a character a shell, ssh or a ``proxy_command`` behind a bastion could interpret
+    (``ipaddress`` alone would accept ``fe80::1%<anything>``).
+    """
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{value!r} is not a host: expected a hostname or an IP address")
+        raise ValueError(f"{value!r} is not a host: expected a DNS name or an IP address")
+    if "%" in value:
+        raise ValueError(f"{value!r} is not a host: an IPv6 zone id (%...) is not supported (valid: an IP literal "
+                         "without a zone id, or a DNS name of [A-Za-z0-9.-])")
     try:
         ipaddress.ip_address(value)
         return value
     except ValueError:
         pass
     labels = value.rstrip(".").split(".")
-    if len(value) > 253 or not all(_LABEL_RE.match(label) for label in labels) or labels[-1].isdigit():
+    if len(value) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels) or labels[-1].isdigit():
         raise ValueError(
-            f"{value!r} is not a hostname or IP literal (valid: letters, digits, '-' and '.' labels, "
-            "or an IPv4/IPv6 address)"
+            f"{value!r} is not a hostname or IP literal (valid: a DNS name of letters, digits, '-' and '.' labels, "
+            "or an IPv4/IPv6 address without a zone id)"
         )
     return value
 
@@ -56,6 +64,34 @@ def _check_port(value: int) -> int:
 def _check_abs_path(value: str) -> str:
     if not value.startswith("/") or any(ch in value for ch in "\n\r\0"):
         raise ValueError(f"{value!r} is not an absolute path (valid: starts with '/', one line)")
+    return value
+
+
+_PROXY_TOKEN_RE = re.compile(r"%(.?)")
+PROXY_TOKENS = {"h": "host", "p": "port", "r": "user", "%": "a literal %"}
+
+
+def check_proxy_command(value: str | None) -> str | None:
+    """Return ``value`` if it is a one-line command using only the tokens %h %p %r %%; raise ValueError otherwise.
+
+    The values put in for the tokens are validated (host: ``validate_host``, port: a number, user: a user name), so
+    nothing from the inventory can reach a shell even when the command hands %h to one (``ssh bastion nc %h %p``).
+    """
+    if value is None:
+        return None
+    if not value.strip() or any(ch in value for ch in "\n\r\0"):
+        raise ValueError(f"proxy_command {value!r} must be one non-blank line")
+    for token in _PROXY_TOKEN_RE.findall(value):
+        if token not in PROXY_TOKENS:
+            raise ValueError(f"proxy_command {value!r} uses %{token}, which metascale does not expand "
+                             "(valid tokens: %h host, %p port, %r user, %% a literal %)")
+    return value
+
+
+def check_ssh_user(value: str) -> str:
+    """Return ``value`` if it is a valid login name; raise ValueError naming it otherwise."""
+    if not _SSH_USER_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid user name (valid: [a-z_][a-z0-9_.-]*)")
     return value
 
 
@@ -76,9 +112,14 @@ class SshOverride(BaseModel):
     @field_validator("user")
     @classmethod
     def _user(cls, value: str | None) -> str | None:
-        if value is not None and not _SSH_USER_RE.match(value):
+        if value is not None and not _SSH_USER_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid user name (valid: [a-z_][a-z0-9_.-]*)")
         return value
+
+    @field_validator("proxy_command")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        return check_proxy_command(value)
 
 
 class SshSettings(BaseModel):
@@ -106,9 +147,14 @@ class SshSettings(BaseModel):
     @field_validator("user")
     @classmethod
     def _user(cls, value: str) -> str:
-        if not _SSH_USER_RE.match(value):
+        if not _SSH_USER_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid user name (valid: [a-z_][a-z0-9_.-]*)")
         return value
+
+    @field_validator("proxy_command")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        return check_proxy_command(value)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> SshSettings:
@@ -126,8 +172,10 @@ class Paths(BaseModel):
     query_config: str = "/etc/databend/databend-query.toml"
     meta_service: str = "databend-meta"
     query_service: str = "databend-query"
-    raft_dir: str = "/var/lib/databend/raft"
-    log_dir: str = "/var/log/databend"
+    raft_dir: str = Field(default="/var/lib/databend/raft", description="only for a new host without a meta config: "
+                          "every node's raft_dir is read from its own config (metascale.nodeinfo.read_node_config)")
+    log_dir: str = Field(default="/var/log/databend", description="ignored (the log dir is read from each node's "
+                         "own config); accepted so older inventory files load")
 
     @field_validator("meta_config", "query_config", "raft_dir", "log_dir")
     @classmethod
@@ -137,7 +185,7 @@ class Paths(BaseModel):
     @field_validator("meta_service", "query_service")
     @classmethod
     def _unit(cls, value: str) -> str:
-        if not _UNIT_RE.match(value):
+        if not _UNIT_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a systemd unit name (valid: letters, digits, '@_.:-')")
         return value
 
@@ -225,6 +273,26 @@ class SshTarget(BaseModel):
     user: str
     proxy_command: str | None
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return validate_host(value)  # also a host read from the cluster's own status (it reaches %h)
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        return _check_port(value)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        return check_ssh_user(value)
+
+    @field_validator("proxy_command")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        return check_proxy_command(value)
+
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
@@ -245,7 +313,7 @@ class Inventory(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             raise ValueError(f"cluster name {value!r} is invalid (valid: 1-63 chars of [a-z0-9-], not starting "
                              "or ending with '-')")
         return value
@@ -259,7 +327,7 @@ class Inventory(BaseModel):
         addresses: dict[str, str] = {}
         for node in self.meta_nodes:
             for kind, port in (("raft", node.raft_port), ("grpc", node.grpc_port), ("admin", node.admin_port)):
-                key = f"{node.host}:{port}"
+                key = f"{_bracket(node.host)}:{port}"
                 if key in addresses:
                     raise ValueError(
                         f"address {key} is used twice ({addresses[key]} and meta-{node.node_id} {kind}); "
@@ -332,6 +400,16 @@ class Inventory(BaseModel):
         rest = [n for n in self.meta_nodes if n.node_id != node_id]
         removed = [*self.removed_nodes, RemovedNode(node_id=node_id, host=node.host, removed_at=removed_at)]
         return _validated(self._as_data(meta_nodes=rest, removed_nodes=removed), f"inventory {self.name}")
+
+    def with_removed_record(self, node_id: int, host: str, removed_at: str = "") -> Inventory:
+        """Return a copy that records ``node_id`` under ``[[removed]]`` (a member the inventory never listed, e.g.
+        a half-added node, removed by scale-down): its id is never handed out again. No-op if already recorded."""
+        if node_id in self.meta_ids:
+            return self.without_meta_node(node_id, removed_at)
+        if self.removed_node(node_id) is not None:
+            return self
+        removed = [*self.removed_nodes, RemovedNode(node_id=node_id, host=host, removed_at=removed_at)]
+        return _validated(self._as_data(removed_nodes=removed), f"inventory {self.name}")
 
     def _as_data(self, **replace: Any) -> dict[str, Any]:
         data = self.model_dump(by_alias=True, exclude_none=True)
@@ -471,6 +549,8 @@ __all__ = [
     "SshTarget",
     "load_inventory",
     "parse_inventory",
+    "check_proxy_command",
+    "check_ssh_user",
     "validate_host",
     "write_inventory",
 ]

@@ -31,10 +31,14 @@ def view_of_cluster(status: ClusterStatus) -> ClusterView:
         voters = list(views.most_common(1)[0][0]) if views else []
         learners = learners or []
     addrs: dict[int, str] = {}
-    for probe in answered:
-        assert probe.status is not None
-        for record in [*probe.status.voters, *probe.status.non_voters]:
+    grpc: dict[int, str] = {}
+    leader = status.leader_status
+    for probe_status in [leader, *(p.status for p in answered)]:  # the leader's node records first
+        if probe_status is None:
+            continue
+        for record in [*probe_status.voters, *probe_status.non_voters]:
             addrs.setdefault(record.node_id, record.raft_addr)
+            grpc.setdefault(record.node_id, record.grpc_addr)
     disagreements: tuple[str, ...] = ()
     if answered and not status.agrees_on_membership():
         disagreements = tuple(
@@ -46,7 +50,7 @@ def view_of_cluster(status: ClusterStatus) -> ClusterView:
         learners=frozenset(learners or []),
         answering={p.node_id: (p.status.last_applied_index or p.status.last_log_index or 0)
                    for p in answered if p.status},
-        node_addrs=addrs, disagreements=disagreements,
+        node_addrs=addrs, grpc_addrs=grpc, disagreements=disagreements,
     )
 
 
@@ -131,6 +135,12 @@ def preview_file_changes(inventory: Inventory, plan: ScalePlan, read: ReadText, 
                 wanted = config.set_join(current, config.join_without_self(current, plan.join_after, path=label),
                                          path=label)
             changes.append(change(node.host, paths.meta_config, current, wanted))
+        for unlisted in [c for c in removed.values() if not c.in_inventory and c.host not in dead]:
+            label = f"{unlisted.host}:{paths.meta_config}"  # a half-added member the inventory never listed
+            current = read_or_refuse(unlisted.host, paths.meta_config)
+            wanted = config.disarm_removed_node(current, cluster=inventory.name, node_id=unlisted.node_id,
+                                                when=when, path=label)
+            changes.append(change(unlisted.host, paths.meta_config, current, wanted))
         for query in inventory.query_nodes:
             label = f"{query.host}:{paths.query_config}"
             current = read_or_refuse(query.host, paths.query_config)

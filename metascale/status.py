@@ -1,13 +1,15 @@
 """Cluster status: parse `databend-metactl status` (every known format) and read it from every node over SSH.
 
 Read-only: nothing here changes a host. ``parse_metactl_status`` is pure. ``read_node_status`` runs metactl ON the
-node against 127.0.0.1; ``read_admin_status`` curls the admin API ON the node (the admin port is never reached
-from outside); ``read_cluster_status`` asks every meta node in parallel and keeps who answered and who did not.
+node against the gRPC address of the node's own config (a wildcard bind is asked on loopback; a node with gRPC TLS
+is read through the admin API instead); ``read_admin_status`` curls the admin API ON the node at its configured
+address; ``read_cluster_status`` asks every meta node in parallel and keeps who answered and who did not.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +17,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from metascale.config import MetaConfigFacts, join_host_port, normalize_host_port
+from metascale.drift import member_meta_node
 from metascale.errors import MetaUnreachable, RemoteCommandError, StatusParseError
-from metascale.inventory import Inventory, MetaNode
+from metascale.inventory import Inventory, MetaNode, Paths
+from metascale.nodeinfo import read_node_config
 from metascale.remote import Remote, RemotePool
+
+log = logging.getLogger(__name__)
+DEFAULT_META_CONFIG = Paths().meta_config
 
 RaftState = Literal["Leader", "Follower", "Candidate", "Learner", "Shutdown"]
 _STATES = ("Leader", "Follower", "Candidate", "Learner", "Shutdown")
@@ -70,6 +78,8 @@ class MetaStatus(BaseModel):
     lagging_ids: list[int] = Field(default_factory=list, description="replication lines marked with ' *'")
     binary_version: str | None = None
     data_version: str | None = None
+    read_via: Literal["metactl", "admin"] = Field(default="metactl", description="metactl status (gRPC) or the "
+                                                  "admin API /v1/cluster/status (gRPC with TLS)")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -107,7 +117,8 @@ def _parse_node(text: str) -> NodeRecord | None:
     match = _NODE_RE.match(text)
     if not match:
         return None
-    return NodeRecord(node_id=int(match.group(1)), raft_addr=match.group(2), grpc_addr=match.group(3) or "")
+    return NodeRecord(node_id=int(match.group(1)), raft_addr=normalize_host_port(match.group(2)),
+                      grpc_addr=normalize_host_port(match.group(3) or ""))
 
 
 def _int(value: str, key: str, text: str) -> int:
@@ -167,7 +178,7 @@ def parse_metactl_status(text: str) -> MetaStatus:
     last_log = fields.get("LastLogIndex")
     return MetaStatus(
         node_id=int(node_match.group(1)),
-        raft_addr=node_match.group(2) or "",
+        raft_addr=normalize_host_port(node_match.group(2) or ""),
         state=state,  # type: ignore[arg-type]
         leader_id=leader.node_id if leader else None,
         leader_raft_addr=leader.raft_addr if leader else None,
@@ -186,8 +197,9 @@ def parse_metactl_status(text: str) -> MetaStatus:
 
 def _json_node(value: Any) -> NodeRecord:
     endpoint = value.get("endpoint") or {}
-    addr = f"{endpoint.get('addr', '')}:{endpoint.get('port', '')}" if endpoint else ""
-    return NodeRecord(node_id=int(value["name"]), raft_addr=addr, grpc_addr=value.get("grpc_api_advertise_address") or "")
+    addr = join_host_port(str(endpoint.get("addr", "")), endpoint.get("port", "")) if endpoint else ""
+    return NodeRecord(node_id=int(value["name"]), raft_addr=normalize_host_port(addr),
+                      grpc_addr=normalize_host_port(value.get("grpc_api_advertise_address") or ""))
 
 
 def _json_log_id(value: Any) -> LogId | None:
@@ -206,7 +218,7 @@ def parse_admin_status(text: str) -> MetaStatus:
         endpoint = data.get("endpoint")
         return MetaStatus(
             node_id=int(data["id"]),
-            raft_addr=endpoint if isinstance(endpoint, str) else "",
+            raft_addr=normalize_host_port(endpoint) if isinstance(endpoint, str) else "",
             state=data["state"],
             leader_id=leader.node_id if leader else None,
             leader_raft_addr=leader.raft_addr if leader else None,
@@ -225,26 +237,47 @@ def parse_admin_status(text: str) -> MetaStatus:
                                text) from None
 
 
-def metactl_status_argv(node: MetaNode) -> list[str]:
-    """argv of the status probe for ``node`` (the flag goes AFTER the subcommand, or metactl ignores it)."""
-    return ["databend-metactl", "status", "--grpc-api-address", f"127.0.0.1:{node.grpc_port}"]
+def metactl_status_argv(grpc_address: str) -> list[str]:
+    """argv of the status probe against ``grpc_address`` (the flag goes AFTER the subcommand, or metactl ignores
+    it and asks 127.0.0.1:9191)."""
+    return ["databend-metactl", "status", "--grpc-api-address", grpc_address]
 
 
-def read_node_status(remote: Remote, node: MetaNode, timeout_s: float = 10) -> MetaStatus:
-    """Run `databend-metactl status` on ``node`` (from /tmp: metactl writes ./.databend/logs) and parse it.
+def admin_status_url(facts: MetaConfigFacts) -> str:
+    """``http(s)://<admin probe address>/v1/cluster/status`` of the node whose config is ``facts``."""
+    return f"{'https' if facts.admin_tls else 'http'}://{facts.admin_probe_address}/v1/cluster/status"
 
-    Raises: MetaUnreachable when metactl cannot reach the local meta service (exit 1 ``Error:``) or times out;
-    StatusParseError for output it cannot read; RemoteCommandError for other failures (e.g. metactl missing).
+
+def tls_note(host: str) -> str:
+    """The log line for a node whose status is read from the admin API instead of gRPC."""
+    return f"gRPC on {host} uses TLS; reading status from the admin API /v1/cluster/status"
+
+
+def read_node_status(remote: Remote, node: MetaNode, timeout_s: float = 10, *,
+                     meta_config: str = DEFAULT_META_CONFIG) -> MetaStatus:
+    """The status of the meta node on ``remote``, at the gRPC address of its OWN config (``meta_config``):
+    `databend-metactl status` run in the connection's private temporary directory (metactl writes
+    ./.databend/logs under its CWD). When that config enables gRPC TLS (plain metactl cannot talk to it), or
+    metactl fails with a transport error while the admin API answers, the status comes from the admin API's
+    /v1/cluster/status instead (``MetaStatus.read_via == "admin"``).
+
+    Raises: MetaUnreachable when neither answers (exit 1 ``Error:``) or on timeout; StatusParseError for output
+    it cannot read; RemoteCommandError for other failures (metactl missing, the config unreadable).
     """
+    facts = read_node_config(remote, path=meta_config)
+    if facts.grpc_tls:
+        return _admin_instead(remote, node, facts, timeout_s, None)
     try:
-        result = remote.run(metactl_status_argv(node), timeout_s=timeout_s, check=False, cwd="/tmp")
+        result = remote.run(metactl_status_argv(facts.grpc_probe_address), timeout_s=timeout_s, check=False,
+                            cwd=remote.private_tmpdir())
     except RemoteCommandError as exc:
         if exc.exit_code is None:  # RemoteTimeout: a black-holed node never answers
             raise MetaUnreachable(remote.host, node.node_id, f"metactl status timed out after {timeout_s:g} s") \
                 from None
         raise
     if result.exit_code == 1 and (result.stderr.lstrip().startswith("Error") or not result.stdout.strip()):
-        raise MetaUnreachable(remote.host, node.node_id, result.tail(3) or "metactl status exited 1")
+        unreachable = MetaUnreachable(remote.host, node.node_id, result.tail(3) or "metactl status exited 1")
+        return _admin_instead(remote, node, facts, timeout_s, unreachable)
     result.raise_for_status()
     try:
         return parse_metactl_status(result.stdout)
@@ -252,20 +285,45 @@ def read_node_status(remote: Remote, node: MetaNode, timeout_s: float = 10) -> M
         raise StatusParseError(exc.reason, exc.excerpt, remote.host) from None
 
 
-def read_admin_status(remote: Remote, node: MetaNode, timeout_s: float = 10) -> MetaStatus:
-    """GET http://127.0.0.1:<admin_port>/v1/cluster/status ON ``node`` with curl over SSH and parse the JSON.
+def _admin_instead(remote: Remote, node: MetaNode, facts: MetaConfigFacts, timeout_s: float,
+                   grpc_error: MetaUnreachable | None) -> MetaStatus:
+    """Read the status from the admin API; log the TLS note once per connection. ``grpc_error`` (metactl's
+    failure, when gRPC was tried) is what is raised when the admin API does not answer either."""
+    try:
+        status = _read_admin(remote, node, facts, timeout_s)
+    except MetaUnreachable:
+        if grpc_error is not None:
+            raise grpc_error from None
+        raise
+    cache = getattr(remote, "cache", None)
+    if isinstance(cache, dict) and ("note", "grpc-tls") not in cache:
+        cache[("note", "grpc-tls")] = tls_note(remote.host)
+        log.info("%s", tls_note(remote.host))
+    return status.model_copy(update={"read_via": "admin"})
 
-    Raises: MetaUnreachable when nothing answers (curl exit 7/28/52/56, HTTP error); StatusParseError.
+
+def read_admin_status(remote: Remote, node: MetaNode, timeout_s: float = 10, *,
+                      meta_config: str = DEFAULT_META_CONFIG) -> MetaStatus:
+    """GET /v1/cluster/status ON ``node`` with curl over SSH, at the admin address of its OWN config (https when
+    that config sets admin TLS), and parse the JSON.
+
+    Raises: MetaUnreachable when nothing answers (curl exit 7/22/28/35/52/56/60, HTTP error); StatusParseError.
     """
-    url = f"http://127.0.0.1:{node.admin_port}/v1/cluster/status"
-    argv = ["curl", "-sS", "--fail", "--max-time", f"{timeout_s:g}", url]
+    return _read_admin(remote, node, read_node_config(remote, path=meta_config), timeout_s)
+
+
+def _read_admin(remote: Remote, node: MetaNode, facts: MetaConfigFacts, timeout_s: float) -> MetaStatus:
+    # -k only with admin TLS: the request goes from the node to its own configured address and carries nothing
+    # secret; the certificate names the host's public name, not the address metascale reads from the config.
+    argv = ["curl", "-sS", "--fail", "--max-time", f"{timeout_s:g}", *(["-k"] if facts.admin_tls else []),
+            admin_status_url(facts)]
     try:
         result = remote.run(argv, timeout_s=timeout_s + 2, check=False)
     except RemoteCommandError as exc:
         if exc.exit_code is None:
             raise MetaUnreachable(remote.host, node.node_id, f"admin API timed out after {timeout_s:g} s") from None
         raise
-    if result.exit_code in (7, 22, 28, 52, 56):
+    if result.exit_code in (7, 22, 28, 35, 52, 56, 60):
         raise MetaUnreachable(remote.host, node.node_id, f"admin API: {result.tail(2) or f'curl exit {result.exit_code}'}")
     result.raise_for_status()
     try:
@@ -284,6 +342,9 @@ class NodeProbe(BaseModel):
     status: MetaStatus | None = None
     error: str | None = None
     error_type: str | None = None
+    note: str | None = Field(default=None, description="a one-time remark on how the status was read (TLS)")
+    in_inventory: bool = Field(default=True, description="False: a member the inventory does not list, found in the "
+                               "cluster's own status and probed at the host its node record names")
 
     @property
     def answered(self) -> bool:
@@ -317,6 +378,11 @@ class ClusterStatus(BaseModel):
     def unreachable_ids(self) -> list[int]:
         """Sorted ids of the nodes that did not answer."""
         return sorted(p.node_id for p in self.probes if p.status is None)
+
+    @property
+    def not_in_inventory_ids(self) -> list[int]:
+        """Sorted ids of the members found in the cluster's status that the inventory does not list."""
+        return sorted(p.node_id for p in self.probes if not p.in_inventory)
 
     @property
     def leader_id(self) -> int | None:
@@ -419,24 +485,72 @@ class ClusterStatus(BaseModel):
         return "; ".join(f"meta-{p.node_id}: {p.error}" for p in self.probes if p.error) or "no errors recorded"
 
 
-def _probe(pool: RemotePool, node: MetaNode, timeout_s: float) -> NodeProbe:
+def _probe(pool: RemotePool, node: MetaNode, timeout_s: float, meta_config: str) -> NodeProbe:
     try:
-        status = read_node_status(pool.remote(node), node, timeout_s)
-        return NodeProbe(node_id=node.node_id, host=node.host, status=status)
+        remote = pool.remote(node)
+        status = read_node_status(remote, node, timeout_s, meta_config=meta_config)
+        cache = getattr(remote, "cache", None)
+        note = None
+        if status.read_via == "admin" and isinstance(cache, dict) and ("noted", "grpc-tls") not in cache:
+            cache[("noted", "grpc-tls")] = True  # the caller logs it once per connection (= once per run)
+            note = tls_note(remote.host)
+        return NodeProbe(node_id=node.node_id, host=node.host, status=status, note=note)
     except Exception as exc:  # one node's failure of any kind is an observation, not a crash of the read
         return NodeProbe(node_id=node.node_id, host=node.host, error=str(exc) or repr(exc),
                          error_type=type(exc).__name__)
 
 
+def member_node(record: NodeRecord) -> MetaNode | None:
+    """The MetaNode a member's node record describes (``metascale.drift.member_meta_node``), or None."""
+    return member_meta_node(record.node_id, record.raft_addr, record.grpc_addr)
+
+
+def members_not_asked(probes: list[NodeProbe], asked: list[MetaNode],
+                      inventory_ids: set[int] | frozenset[int] = frozenset()) -> list[NodeRecord]:
+    """Node records of the members (voters, learners, the leader) the answering nodes name that were neither
+    asked nor listed in the inventory (``inventory_ids``: an inventory node left out of ``nodes`` on purpose,
+    a dead host say, stays out)."""
+    asked_ids = {n.node_id for n in asked} | set(inventory_ids)
+    found: dict[int, NodeRecord] = {}
+    for probe in probes:
+        status = probe.status
+        if status is None:
+            continue
+        for record in [*(status.voters), *(status.non_voters), *([status.leader] if status.leader else [])]:
+            if record.node_id not in asked_ids:
+                found.setdefault(record.node_id, record)
+    return [found[i] for i in sorted(found)]
+
+
 def read_cluster_status(pool: RemotePool, inventory: Inventory, timeout_s: float = 10,
-                        nodes: list[MetaNode] | None = None) -> ClusterStatus:
+                        nodes: list[MetaNode] | None = None, *, discover: bool = True) -> ClusterStatus:
     """Ask every meta node (or ``nodes``) for its status in parallel threads; record each answer or error.
 
-    Never raises for one node's failure: HostUnreachable, MetaUnreachable, HostKeyRejected... are kept per node.
+    With ``discover`` (the default), members that the answers name but that the inventory does not list (a
+    half-added node, an inventory that was not updated) are probed too, at the host their node record names and
+    with the inventory's SSH settings; their probes have ``in_inventory=False``. A member
+    whose record names no host is kept as a probe with an error. Never raises for one node's failure:
+    HostUnreachable, MetaUnreachable, HostKeyRejected... are kept per node.
     """
-    asked = nodes if nodes is not None else inventory.meta_nodes
+    asked = list(nodes if nodes is not None else inventory.meta_nodes)
+    meta_config = inventory.paths.meta_config
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(asked)))) as executor:
-        probes = list(executor.map(lambda n: _probe(pool, n, timeout_s), asked))
+        probes = list(executor.map(lambda n: _probe(pool, n, timeout_s, meta_config), asked))
+    listed = set(inventory.meta_ids)
+    probes = [p if p.node_id in listed else p.model_copy(update={"in_inventory": False}) for p in probes]
+    if discover:
+        records = members_not_asked(probes, asked, set(inventory.meta_ids))
+        found = [(r, member_node(r)) for r in records]
+        reachable = [n for _, n in found if n is not None]
+        if reachable:
+            with ThreadPoolExecutor(max_workers=max(1, min(16, len(reachable)))) as executor:
+                extra = list(executor.map(lambda n: _probe(pool, n, timeout_s, meta_config), reachable))
+            probes += [p.model_copy(update={"in_inventory": False}) for p in extra]
+        probes += [NodeProbe(node_id=r.node_id, host="", in_inventory=False,
+                             error=f"meta-{r.node_id} is a member but its node record names no host "
+                                   f"(raft address {r.raft_addr!r}), so it cannot be probed",
+                             error_type="UnknownHost")
+                   for r, n in found if n is None]
     return ClusterStatus(cluster=inventory.name, probes=sorted(probes, key=lambda p: p.node_id))
 
 
@@ -446,6 +560,7 @@ __all__ = [
     "MetaStatus",
     "NodeProbe",
     "NodeRecord",
+    "admin_status_url",
     "metactl_status_argv",
     "parse_admin_status",
     "parse_log_id",
@@ -453,4 +568,7 @@ __all__ = [
     "read_admin_status",
     "read_cluster_status",
     "read_node_status",
+    "member_node",
+    "members_not_asked",
+    "tls_note",
 ]

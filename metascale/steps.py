@@ -16,12 +16,19 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, ConfigDict
 
 from metascale import config
-from metascale.errors import ConfigEditError, MetaScaleError, PlanRefused, RemoteCommandError, RemoteTimeout
-from metascale.inventory import Inventory, MetaNode, QueryNode
-from metascale.plan import HostFacts, NewNodeSpec
+from metascale.errors import (
+    ConfigEditError,
+    MetaScaleError,
+    PlanRefused,
+    RemoteCommandError,
+    RemoteTimeout,
+)
+from metascale.inventory import Inventory, MetaNode, Paths, QueryNode
+from metascale.plan import HostFacts, NewNodeSpec, QueryFacts
 from metascale.preview import listening_ports
-from metascale.remote import Remote
-from metascale.status import read_node_status
+from metascale.nodeinfo import read_node_config, read_service_user
+from metascale.remote import SILENT_HOST_HINT, Remote
+from metascale.status import MetaStatus, read_node_status
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +89,99 @@ META_BINARY = "/usr/bin/databend-meta"
 def read_new_host_facts(remote: Remote, inventory: Inventory, spec: NewNodeSpec,
                         timeout_s: float = 8.0) -> HostFacts:
     """Pre-flight facts of a host about to become a meta node: SSH works, the package is installed, which TCP
-    ports listen, whether databend-meta already runs. Read-only; an unreachable host is a fact, not an error."""
+    ports listen, the service's active/enabled state before the run, the raft dir named by the host's own config
+    and whether it holds data, and, when the service runs, its own status (id and voters: which cluster it is in).
+    Read-only; an unreachable host is a fact, not an error."""
+    unit = inventory.paths.meta_service
     try:
         has_package = remote.run(["test", "-x", META_BINARY], check=False, timeout_s=timeout_s).ok
         tcp = remote.run(["cat", "/proc/net/tcp", "/proc/net/tcp6"], check=False, timeout_s=timeout_s).stdout
-        active = remote.run(["systemctl", "is-active", inventory.paths.meta_service], check=False,
-                            timeout_s=timeout_s).stdout.strip()
+        active = remote.run(["systemctl", "is-active", unit], check=False, timeout_s=timeout_s).stdout.strip()
+        enabled = remote.run(["systemctl", "is-enabled", unit], check=False, timeout_s=timeout_s).stdout.strip()
+        node_config = _read_new_host_config(remote, inventory.paths.meta_config, timeout_s)
+        raft_dir = (node_config.raft_dir if node_config else inventory.paths.raft_dir).rstrip("/") or "/"
+        in_use = _dir_has_entries(remote, raft_dir, timeout_s)
     except MetaScaleError as exc:
         return HostFacts(host=spec.host, reachable=False, reason=str(exc))
-    return HostFacts(host=spec.host, reachable=True, has_package=has_package,
-                     busy_ports=tuple(sorted(listening_ports(tcp))), meta_active=active == "active")
+    facts = {"host": spec.host, "reachable": True, "has_package": has_package,
+             "busy_ports": tuple(sorted(listening_ports(tcp))), "meta_active": active == "active",
+             "meta_enabled": enabled == "enabled", "raft_dir": raft_dir, "raft_dir_in_use": in_use}
+    if active == "active":
+        try:
+            status = _new_host_status(remote, inventory, node_config, timeout_s)
+            facts.update(own_node_id=status.node_id, own_voters=tuple(status.voter_ids))
+        except MetaScaleError as exc:
+            facts["status_error"] = str(exc)
+    return HostFacts(**facts)
+
+
+def _read_new_host_config(remote: Remote, path: str, timeout_s: float) -> config.MetaConfigFacts | None:
+    """The new host's own meta config facts, or None when it has no config file (the inventory's defaults apply).
+
+    Raises: ConfigEditError (with the host) when the file exists but is not a valid meta config."""
+    if not remote.run(["test", "-e", path], sudo=True, check=False, timeout_s=timeout_s).ok:
+        return None
+    try:
+        return config.read_meta_config_facts(remote.read_text(path), path=path)
+    except ConfigEditError as exc:
+        raise _reraise_with_host(exc, remote, path) from None
+
+
+def _dir_has_entries(remote: Remote, path: str, timeout_s: float | None = None) -> bool:
+    """True when directory ``path`` exists and is not empty (read as root: the raft dir is the service user's)."""
+    listing = remote.run(["find", path, "-mindepth", "1", "-maxdepth", "1", "-print", "-quit"], sudo=True,
+                         check=False, timeout_s=timeout_s)
+    return listing.ok and bool(listing.stdout.strip())
+
+
+def _new_host_status(remote: Remote, inventory: Inventory, node_config: config.MetaConfigFacts | None,
+                     timeout_s: float) -> MetaStatus:
+    """The status of the databend-meta already running on a new host, read like every other node's
+    (status.read_node_status: the gRPC address of the host's own config, metactl in a private temporary directory,
+    the admin API when gRPC uses TLS). Raises: MetaUnreachable, StatusParseError, RemoteCommandError."""
+    probe = MetaNode(id=(node_config.node_id or 0) if node_config else 0, host=remote.host)
+    return read_node_status(remote, probe, timeout_s, meta_config=inventory.paths.meta_config)
+
+
+def reset_new_node_raft_dir(remote: Remote, inventory: Inventory, raft_dir: str, dry_run: bool = False,
+                            timeout_s: float = 10) -> StepResult:
+    """reset_new_node: stop the service on a NEW host that is a one-node cluster of its own, and move its raft dir
+    to ``<raft_dir>.reset-<UTC ts>``, leaving an empty one (same owner/mode), so the node can join as a new node.
+
+    Checks again right before acting: while the service runs, its status must show voters == [its own id]; a
+    member of a multi-node cluster is never touched. Idempotent: no-op when the raft dir is missing or empty.
+    Raises: PlanRefused (not a one-node cluster of its own, or status unreadable), RemoteCommandError.
+    """
+    raft_dir = raft_dir.rstrip("/")
+    unit = inventory.paths.meta_service
+    if not _dir_has_entries(remote, raft_dir, timeout_s):
+        return StepResult(step="reset_new_node_raft_dir", host=remote.host, changed=False,
+                          detail=f"{raft_dir} is already empty or missing: nothing to reset")
+    active, _ = _unit_state(remote, unit)
+    if active == "active":
+        node_config = _read_new_host_config(remote, inventory.paths.meta_config, timeout_s)
+        try:
+            status = _new_host_status(remote, inventory, node_config, timeout_s)
+        except MetaScaleError as exc:
+            raise PlanRefused("reset new node", f"cannot read the status of databend-meta on {remote.host} "
+                                                f"({exc}); not resetting a node metascale cannot see") from None
+        if status.voter_ids != [status.node_id]:
+            raise PlanRefused("reset new node",
+                              f"databend-meta on {remote.host} is meta-{status.node_id} with voters "
+                              f"{status.voter_ids}, not a one-node cluster of its own; not touching it")
+    target = f"{raft_dir}.reset-{_stamp()}"
+    if dry_run:
+        return StepResult(step="reset_new_node_raft_dir", host=remote.host, changed=True, dry_run=True,
+                          detail=f"would stop {unit} and move {raft_dir} to {target}")
+    if active in ("active", "activating", "reloading", "deactivating"):
+        remote.run(["systemctl", "stop", unit], sudo=True, timeout_s=timeout_s + 20)
+    owner, group, mode = remote.run(["stat", "-c", "%U %G %a", raft_dir], sudo=True).stdout.split()
+    remote.run(["mv", "--", raft_dir, target], sudo=True)
+    remote.run(["install", "-d", "-o", owner, "-g", group, "-m", mode, raft_dir], sudo=True)
+    log.info("%s: stopped %s and moved %s to %s", remote.host, unit, raft_dir, target)
+    return StepResult(step="reset_new_node_raft_dir", host=remote.host, changed=True,
+                      detail=f"stopped {unit} (a one-node cluster of its own) and moved {raft_dir} to {target}; "
+                             f"left an empty {raft_dir}", backup_path=target)
 
 
 def copy_config_from_existing_node(remote: Remote, inventory: Inventory, node: MetaNode) -> str:
@@ -171,21 +261,22 @@ def start_meta_service(remote: Remote, inventory: Inventory, dry_run: bool = Fal
 
 
 def stop_meta_service(remote: Remote, inventory: Inventory, disable: bool = True, dry_run: bool = False,
-                      service: str | None = None) -> StepResult:
+                      service: str | None = None, stop: bool = True) -> StepResult:
     """Runbook scale-down 6: stop (and by default disable) the meta service unit. No-op when already so.
+    ``stop=False`` only disables (an undo on a host whose service ran before the run).
 
     Raises: RemoteCommandError when systemctl fails.
     """
     unit = service or inventory.paths.meta_service
     active, enabled = _unit_state(remote, unit)
     actions = []
-    if active in ("active", "activating", "reloading", "deactivating"):
+    if stop and active in ("active", "activating", "reloading", "deactivating"):
         actions.append("stop")
     if disable and enabled == "enabled":
         actions.append("disable")
     if not actions:
         return StepResult(step="stop_meta_service", host=remote.host, changed=False,
-                          detail=f"{unit} is already {active}" + (f" and {enabled}" if disable else ""))
+                          detail=f"{unit} is {active}" + (f" and {enabled}" if disable else "") + ": nothing to do")
     if dry_run:
         return StepResult(step="stop_meta_service", host=remote.host, changed=True, dry_run=True,
                           detail=f"would {' and '.join(actions)} {unit} (now {active}, {enabled})")
@@ -200,10 +291,11 @@ def retire_raft_dir(remote: Remote, inventory: Inventory, dry_run: bool = False)
     """Move the raft dir aside to ``<raft_dir>.removed-<UTC ts>`` and leave an empty one (same owner/mode).
 
     A removed node restarted with its old raft data could re-join the old membership; this makes that
-    impossible. No-op when the directory is missing or empty. Refuses while the meta service is active.
-    Raises: PlanRefused (service running), RemoteCommandError.
+    impossible. The raft dir is the one the node's own config names (``read_node_config``). No-op when the
+    directory is missing or empty. Refuses while the meta service is active.
+    Raises: PlanRefused (service running), RemoteCommandError, ConfigEditError (config unreadable).
     """
-    raft_dir = inventory.paths.raft_dir.rstrip("/")
+    raft_dir = read_node_config(remote, inventory).raft_dir.rstrip("/") or "/"
     listing = remote.run(["find", raft_dir, "-mindepth", "1", "-maxdepth", "1", "-print", "-quit"],
                          sudo=True, check=False)
     if not listing.ok or not listing.stdout.strip():
@@ -277,18 +369,68 @@ def update_query_meta_endpoints(remote: Remote, inventory: Inventory, query: Que
                            f"[meta] endpoints={list(endpoints)} on {query.host}")
 
 
+def read_query_node_facts(remote: Remote, inventory: Inventory, query: QueryNode,
+                          timeout_s: float = 8.0) -> QueryFacts:
+    """Read a query node's databend-query.toml: auto_sync_interval, endpoints and where its health answers.
+    Read-only; an unreadable or invalid file is a fact (``read_error``), not an error."""
+    path = inventory.paths.query_config
+    try:
+        text = remote.read_text(path)
+        interval, endpoints, admin = config.read_query_config_facts(text, path=path)
+        health = config.probe_address(admin)
+    except (MetaScaleError, ValueError) as exc:
+        return QueryFacts(host=query.host, read_error=str(exc))
+    return QueryFacts(host=query.host, auto_sync_interval=interval, endpoints=tuple(endpoints),
+                      health_address=health)
+
+
+def restart_query_node(remote: Remote, inventory: Inventory, query: QueryNode, dry_run: bool = False,
+                       timeout_s: float = 60) -> StepResult:
+    """`systemctl restart databend-query` so the query node reads its new `[meta] endpoints` (reference §5.2).
+
+    Never `systemctl reload`: databend-query stops on SIGHUP. Not idempotent by nature (a restart is the point);
+    check health afterwards with ``query_node_unhealthy_reason``. Raises: RemoteCommandError.
+    """
+    unit = inventory.paths.query_service
+    argv = ["systemctl", "restart", unit]
+    if dry_run:
+        return StepResult(step="restart_query_node", host=remote.host, changed=True, dry_run=True,
+                          detail=f"would run `{shlex.join(argv)}`")
+    remote.run(argv, sudo=True, timeout_s=timeout_s)
+    return StepResult(step="restart_query_node", host=remote.host, changed=True,
+                      detail=f"restarted {unit} on {query.host} (it reads [meta] endpoints at start)")
+
+
+def query_node_unhealthy_reason(remote: Remote, inventory: Inventory, health_address: str,
+                                timeout_s: float = 5) -> str | None:
+    """Why the query node on ``remote`` is not healthy yet (service not active, `GET /v1/health` on its admin API
+    not answering 200), or None. Read-only."""
+    unit = inventory.paths.query_service
+    active = remote.run(["systemctl", "is-active", unit], check=False, timeout_s=timeout_s).stdout.strip()
+    if active != "active":
+        return f"{unit} is {active or 'unknown'}"
+    url = f"http://{health_address}/v1/health"
+    result = remote.run(["curl", "-sS", "--fail", "--max-time", f"{timeout_s:g}", "-o", "/dev/null", url],
+                        check=False, timeout_s=timeout_s + 2)
+    if not result.ok:
+        return f"{url} does not answer yet ({result.tail(1) or f'curl exit {result.exit_code}'})"
+    return None
+
+
 # ---- Scale down -------------------------------------------------------------------------------------------------
 def transfer_leadership(remote_on_leader: Remote, leader_node: MetaNode, to_id: int, dry_run: bool = False,
-                        timeout_s: float = 15) -> StepResult:
-    """Runbook scale-down 2: `databend-metactl transfer-leader --to N --admin-api-address 127.0.0.1:<admin>`,
-    run ON the leader (the admin API only listens locally and answers 404 on non-leaders).
+                        timeout_s: float = 15, *, inventory: Inventory | None = None) -> StepResult:
+    """Runbook scale-down 2: `databend-metactl transfer-leader --to N --admin-api-address <admin address>`, run ON
+    the leader against the admin address of the leader's own config (the admin API answers 404 on non-leaders);
+    with admin TLS, the same request with curl over https (metactl's admin client speaks plain HTTP).
 
     Reads the leader's status first: no-op when ``leader_node`` is not the leader (anymore) or ``to_id`` already
     leads. 200 means "accepted": verify with waits.wait_for_leader_change. Raises: RemoteCommandError,
     MetaUnreachable.
     """
     host = remote_on_leader.host
-    status = read_node_status(remote_on_leader, leader_node, timeout_s)
+    meta_config = (inventory.paths if inventory is not None else Paths()).meta_config
+    status = read_node_status(remote_on_leader, leader_node, timeout_s, meta_config=meta_config)
     if status.leader_id == to_id:
         return StepResult(step="transfer_leadership", host=host, changed=False, detail=f"meta-{to_id} already leads")
     if status.state != "Leader":
@@ -297,20 +439,40 @@ def transfer_leadership(remote_on_leader: Remote, leader_node: MetaNode, to_id: 
                                  f"{status.leader_id}); nothing to transfer")
     if to_id not in status.voter_ids:
         raise PlanRefused("transfer leadership", f"meta-{to_id} is not a voter (voters: {status.voter_ids})")
-    argv = ["databend-metactl", "transfer-leader", "--to", str(to_id),
-            "--admin-api-address", f"127.0.0.1:{leader_node.admin_port}"]
+    argv = transfer_leader_argv(read_node_config(remote_on_leader, path=meta_config), to_id, timeout_s)
     if dry_run:
         return StepResult(step="transfer_leadership", host=host, changed=True, dry_run=True,
                           detail=f"would run `{shlex.join(argv)}` on {leader_node.name}")
-    result = remote_on_leader.run(argv, timeout_s=timeout_s, cwd="/tmp")
+    result = remote_on_leader.run(argv, timeout_s=timeout_s, cwd=remote_on_leader.private_tmpdir())
     return StepResult(step="transfer_leadership", host=host, changed=True,
                       detail=f"asked {leader_node.name} to hand leadership to meta-{to_id}: "
                              f"{result.stdout.strip().splitlines()[0] if result.stdout.strip() else 'accepted'}")
 
 
+def transfer_leader_argv(facts: config.MetaConfigFacts, to_id: int, timeout_s: float = 15) -> list[str]:
+    """argv that asks the leader whose config is ``facts`` to hand leadership to ``to_id`` (at its admin address)."""
+    if facts.admin_tls:  # -k: node-local request to its own configured address, nothing secret in it
+        return ["curl", "-sS", "--fail", "--max-time", f"{timeout_s:g}", "-k",
+                f"https://{facts.admin_probe_address}/v1/ctrl/trigger_transfer_leader?to={int(to_id)}"]
+    return ["databend-metactl", "transfer-leader", "--to", str(int(to_id)),
+            "--admin-api-address", facts.admin_probe_address]
+
+
+def leave_argv(meta_config: str, node_id: int, via_raft_addrs: Sequence[str]) -> list[str]:
+    """`databend-meta --config-file <meta config> --leave-id N --leave-via A --leave-via B`: the config file
+    gives the leave the node's raft secret and log dir (the secret is never on the command line)."""
+    argv = ["databend-meta", "--config-file", meta_config, "--leave-id", str(int(node_id))]
+    for address in via_raft_addrs:
+        argv += ["--leave-via", address]
+    return argv
+
+
 def leave_cluster(remote: Remote, node_id: int, via_raft_addrs: Sequence[str], timeout_s: float = 60,
-                  dry_run: bool = False, probe: MetaNode | None = None) -> StepResult:
-    """Runbook scale-down 4: `databend-meta --leave-id N --leave-via A --leave-via B` (one flag per address).
+                  dry_run: bool = False, probe: MetaNode | None = None, *,
+                  inventory: Inventory | None = None) -> StepResult:
+    """Runbook scale-down 4: `databend-meta --config-file <meta config> --leave-id N --leave-via A --leave-via B`
+    (one flag per address), run as the meta service's user (``User=`` of the unit, root when unset) from ``/``
+    (the service's working directory), so it uses the node's own raft secret and log dir.
 
     ``via_raft_addrs`` are raft addresses (port 28004) of remaining nodes. If ``probe`` (the meta node on
     ``remote``) is given, its status is read first and the step is a no-op when N is no longer a member. Leave
@@ -319,39 +481,47 @@ def leave_cluster(remote: Remote, node_id: int, via_raft_addrs: Sequence[str], t
     """
     if not via_raft_addrs:
         raise PlanRefused("leave cluster", f"no --leave-via address given for meta-{node_id}")
+    paths = inventory.paths if inventory is not None else Paths()
     if probe is not None:
-        status = read_node_status(remote, probe)
+        status = read_node_status(remote, probe, meta_config=paths.meta_config)
         if node_id not in (*status.voter_ids, *status.non_voter_ids):
             return StepResult(step="leave_cluster", host=remote.host, changed=False,
                               detail=f"meta-{node_id} is not a member (voters {status.voter_ids})")
-    argv = ["databend-meta", "--leave-id", str(node_id)]
-    for address in via_raft_addrs:
-        argv += ["--leave-via", address]
+    argv = leave_argv(paths.meta_config, node_id, via_raft_addrs)
+    user = read_service_user(remote, paths.meta_service)
     if dry_run:
         return StepResult(step="leave_cluster", host=remote.host, changed=True, dry_run=True,
-                          detail=f"would run `{shlex.join(argv)}`")
+                          detail=f"would run `{shlex.join(argv)}` as {user}")
     try:
-        remote.run(argv, timeout_s=timeout_s, cwd="/tmp")
+        remote.run(argv, timeout_s=timeout_s, cwd="/", sudo_user=user)
     except RemoteTimeout as exc:
+        if exc.hint == SILENT_HOST_HINT:  # the host itself went silent: that, not quorum, is the cause
+            raise
         raise RemoteTimeout(exc.host, exc.command, exc.timeout_s, exc.stderr_tail, LEAVE_HANGS_HINT) from None
     return StepResult(step="leave_cluster", host=remote.host, changed=True,
-                      detail=f"meta-{node_id} left via {list(via_raft_addrs)}")
+                      detail=f"meta-{node_id} left via {list(via_raft_addrs)} (run as {user} with "
+                             f"{paths.meta_config})")
 
 
 # ---- Troubleshooting ---------------------------------------------------------------------------------------------
 def collect_diagnostics(remote: Remote, inventory: Inventory, service: str | None = None,
                         lines: int = 50) -> str:
     """Runbook troubleshooting: `systemctl status`, the last ``lines`` of `journalctl -u`, and the tail of the
-    newest file in the log dir, as one text. Read-only; command failures are included, not raised.
+    newest file in the log dir that the node's own config names, as one text. Read-only; command failures are
+    included, not raised.
     """
     unit = service or inventory.paths.meta_service
-    log_dir = inventory.paths.log_dir
     sections = []
     for title, argv in (
         ("systemctl status", ["systemctl", "status", "--no-pager", "--full", unit]),
         (f"journalctl (last {lines})", ["journalctl", "-u", unit, "-n", str(lines), "--no-pager"]),
     ):
         sections.append(_section(remote, title, argv))
+    try:
+        log_dir = read_node_config(remote, inventory).log_dir
+    except MetaScaleError as exc:
+        sections.append(f"## log dir\n(cannot read {inventory.paths.meta_config}: {exc})\n")
+        return f"# diagnostics for {unit} on {remote.host}\n" + "\n".join(sections)
     newest = remote.run(["find", log_dir, "-maxdepth", "1", "-type", "f", "-printf", "%T@ %p\\n"],
                         sudo=True, check=False)
     files = sorted((line.split(" ", 1) for line in newest.stdout.splitlines() if " " in line),
@@ -377,10 +547,17 @@ __all__ = [
     "StepResult",
     "collect_diagnostics",
     "copy_config_from_existing_node",
+    "leave_argv",
     "leave_cluster",
+    "query_node_unhealthy_reason",
+    "read_new_host_facts",
+    "read_query_node_facts",
+    "reset_new_node_raft_dir",
+    "restart_query_node",
     "retire_raft_dir",
     "start_meta_service",
     "stop_meta_service",
+    "transfer_leader_argv",
     "transfer_leadership",
     "update_join",
     "update_query_meta_endpoints",

@@ -105,6 +105,64 @@ def wait_for_voter(read_status: Callable[[], MetaStatus], node_id: int, timeout_
     )
 
 
+def caught_up_reason(leader: MetaStatus, node: MetaStatus | None, node_id: int, target_index: int) -> str | None:
+    """Why voter ``node_id`` has not caught up yet, or None: the leader's matched index for it (its `Replication:`
+    line, reference §1.3) must reach ``target_index`` (the leader's applied index when the node joined). When the
+    leader reports no replication at all, the node's own applied index is used instead. Pure."""
+    matched = leader.replication.get(node_id)
+    if matched is None and not leader.replication and node is not None:
+        matched = node.last_applied_index
+        source = "its own applied index"
+    else:
+        source = "the leader's replication of it"
+    if matched is None:
+        return f"meta-{node_id} is a voter; the leader shows no replicated log for it yet"
+    if matched < target_index:
+        return (f"meta-{node_id} is a voter but still catching up: {source} is at index {matched}, the leader had "
+                f"applied {target_index} when it joined")
+    return None
+
+
+def joined_and_caught_up(node_id: int, on_voter: Callable[[int], None] | None = None
+                         ) -> Callable[[ClusterStatus], str | None]:
+    """Return ``not_yet(cluster) -> reason | None`` for "meta-``node_id`` joined": a voter under an agreed leader,
+    answering, AND caught up. The target index is the leader's applied index the first time the node is seen as a
+    voter (openraft adds voters directly, without a learner phase, so a voter can lag far behind);
+    ``on_voter(target)`` is called once at that moment."""
+    target: list[int] = []
+
+    def not_yet(cluster: ClusterStatus) -> str | None:
+        if cluster.leader_id is None:
+            return cluster.unhealthy_reason() or "no leader"
+        leader = cluster.leader_status
+        if leader is None:
+            return f"the leader meta-{cluster.leader_id} did not answer"
+        if node_id not in leader.voter_ids:
+            return f"voters are {leader.voter_ids}, meta-{node_id} not yet among them"
+        if not target:
+            target.append(leader.last_applied_index or leader.last_log_index or 0)
+            if on_voter:
+                on_voter(target[0])
+        if node_id not in cluster.answering_ids:
+            return f"meta-{node_id} does not answer yet"
+        return caught_up_reason(leader, cluster.status_of(node_id), node_id, target[0])
+
+    return not_yet
+
+
+def wait_for_caught_up(read_cluster: Callable[[], ClusterStatus], node_id: int, timeout_s: float,
+                       on_attempt: OnAttempt | None = None, wait: wait_base | None = None,
+                       on_voter: Callable[[int], None] | None = None) -> ClusterStatus:
+    """Runbook scale-up 4, as metascale means it: wait until meta-``node_id`` is a voter AND has caught up with the
+    leader's applied index at the time of its join (``joined_and_caught_up``)."""
+    not_yet = joined_and_caught_up(node_id, on_voter)
+    return wait_until(
+        read_cluster, lambda c: not_yet(c) is None,
+        expected=f"meta-{node_id} is a voter and has caught up", timeout_s=timeout_s,
+        describe=lambda c: f"{not_yet(c)}; {c.summary()}", on_attempt=on_attempt, wait=wait,
+    )
+
+
 def wait_for_voters(read_status: Callable[[], MetaStatus], expected_ids: Iterable[int], timeout_s: float,
                     on_attempt: OnAttempt | None = None, wait: wait_base | None = None) -> MetaStatus:
     """Runbook scale-down 5: wait until the voters are exactly ``expected_ids`` under a known leader."""
@@ -146,6 +204,9 @@ def wait_for_stable_cluster(read_cluster: Callable[[], ClusterStatus], expected_
 
 __all__ = [
     "DEFAULT_WAIT",
+    "caught_up_reason",
+    "joined_and_caught_up",
+    "wait_for_caught_up",
     "describe_cluster",
     "describe_status",
     "wait_for_leader_change",

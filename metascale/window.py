@@ -68,6 +68,24 @@ class MaintenanceWindow:
         raise AssertionError(f"no opening within 8 days for {self.spec!r}")  # unreachable: days is never empty
 
 
+    def closes_at(self, now: datetime) -> datetime | None:
+        """The local moment the window that contains `now` closes (an opening that starts right when it closes
+        continues it), or None when `now` is outside the window."""
+        if not self.contains(now):
+            return None
+        local = self.local_time(now)
+        minute = local.hour * 60 + local.minute
+        opened = local.date()
+        if self.crosses_midnight and not (local.weekday() in self.days and minute >= self.start_minute):
+            opened -= timedelta(days=1)          # inside the opening of the day before, which ends today
+        end = datetime.combine(opened, _to_time(self.start_minute), tzinfo=local.tzinfo) + self.length
+        for _ in range(8):                       # back-to-back openings (e.g. `* 00:00-24:00`) are one window
+            if not self.contains(end):
+                break
+            end += self.length
+        return end
+
+
 def _to_time(minute: int) -> time:
     return time(hour=minute // 60, minute=minute % 60)
 
@@ -129,6 +147,17 @@ def parse_window(spec: str) -> MaintenanceWindow:
         raise _bad(spec, f"unknown time zone {match['tz']!r} (use an IANA name such as UTC or Europe/Berlin)") from exc
     return MaintenanceWindow(spec=spec.strip(), days=_parse_days(spec, match["days"]), start_minute=start,
                              end_minute=end, timezone=match["tz"])
+
+
+def time_left(spec: str, now: datetime) -> timedelta | None:
+    """Return how long the window `spec` stays open after `now`: None for an empty spec (any time), zero when `now`
+    is outside it. Raises: ValueError for a malformed spec or a naive `now`."""
+    if not spec.strip():
+        return None
+    closes = parse_window(spec).closes_at(now)
+    if closes is None:
+        return timedelta(0)
+    return max(closes - now, timedelta(0))
 
 
 def check_window(spec: str, now: datetime) -> str | None:

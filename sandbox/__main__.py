@@ -1,4 +1,5 @@
-"""`python -m sandbox up|down|status|reset|fault KIND HOST`: the lab from the command line.
+"""`python -m sandbox up|down|status|reset|fault KIND HOST|install-version HOST V|grpc-tls HOST`: the lab from the
+command line.
 
 Prefix and directory come from MSLAB_PREFIX / MSLAB_DIR. Errors print one line and exit non-zero.
 """
@@ -27,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     fault = sub.add_parser("fault", help="inject a fault")
     fault.add_argument("kind", choices=FAULTS)
     fault.add_argument("host", help="host name, e.g. meta2")
+    ver = sub.add_parser("install-version", help="make a host play an older databend-meta release")
+    ver.add_argument("host", help="host name, e.g. meta2")
+    ver.add_argument("release", help='e.g. 1.2.600, or "newest"')
+    tls = sub.add_parser("grpc-tls", help="serve TLS on a host's meta gRPC API (self-signed); prints the cert")
+    tls.add_argument("host", help="host name, e.g. meta2")
     return parser
 
 
@@ -35,7 +41,8 @@ def run(args: argparse.Namespace, lab: Lab) -> str:
     if args.command == "up":
         seconds = lab.up(args.meta, args.spare, args.query)
         return (f"lab {lab.prefix} up: {len(lab.hosts)} hosts in {seconds:.1f} s; "
-                f"try: ssh -F {lab.ssh_config} meta1 databend-metactl status")
+                f"try: ssh -F {lab.ssh_config} meta1 databend-metactl status "
+                f"--grpc-api-address {lab.grpc_address('meta1')}")
     if args.command == "down":
         return f"lab {lab.prefix} down in {lab.down():.1f} s"
     if args.command == "reset":
@@ -48,6 +55,11 @@ def run(args: argparse.Namespace, lab: Lab) -> str:
             f"{r['name']:<8} {r['ip']:<14} {r['role']:<6} {'running' if r['running'] else 'stopped':<8} "
             f"link={'up' if r['link'] else 'CUT'} ssh={'open' if r['ssh'] else 'closed'} {r['service']}"
             for r in rows)
+    if args.command == "install-version":
+        lab.install_version(args.host, None if args.release == "newest" else args.release)
+        return f"{args.host}: databend-meta release {args.release} installed"
+    if args.command == "grpc-tls":
+        return lab.enable_grpc_tls(args.host).rstrip("\n")
     action = {"crash": lab.crash, "stop-host": lab.stop_host, "start-host": lab.start_host,
               "cut": lab.cut, "heal": lab.heal}[args.kind]
     action(args.host)

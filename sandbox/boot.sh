@@ -31,6 +31,10 @@ if ! grep -q '^ops:' etc/passwd; then   # first boot of this disk
   chmod 700 home/ops/.ssh && chmod 600 home/ops/.ssh/authorized_keys
   chroot . chown -R ops:ops /home/ops
   for d in var/lib/databend var/log/databend; do [ -d "$d" ] && chroot . chown -R databend:databend "/$d"; done
+  # a meta config that carries the raft secret is readable by the service only (root:databend 640)
+  if [ -f etc/databend/databend-meta.toml ] && grep -q '^raft_secret' etc/databend/databend-meta.toml; then
+    chroot . chown root:databend /etc/databend/databend-meta.toml && chmod 640 etc/databend/databend-meta.toml
+  fi
 fi
 
 for h in systemd unified; do

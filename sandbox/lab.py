@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -30,11 +31,15 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_HIERARCHIES = ("systemd", "unified")
 RAFT_PORT, GRPC_PORT, ADMIN_PORT = 28004, 9191, 28002
 META_SERVICE, QUERY_SERVICE = "databend-meta", "databend-query"
+STANDIN_VERSION_FILE = "/usr/lib/databend-standin/VERSION"    # the release a host plays (standin/version.py)
+GRPC_TLS_DIR = "/etc/databend/tls"                             # enable_grpc_tls(); removed by reset
 BOOT_TIMEOUT_S = 60.0
 POWEROFF_TIMEOUT_S = 15.0
 FORM_TIMEOUT_S = 60.0
 FINGERPRINT_SETTLE_S = 5.0
 INOTIFY_INSTANCES = 8192   # fs.inotify.max_user_instances the lab needs (about 8 per host, shared by all labs)
+DEFAULT_KEYS = 2000        # kv keys written once the cluster formed (MSLAB_KEYS), so a new voter has data to catch up
+PRELOAD_BATCH = 250        # keys per kv transaction (one raft log entry each)
 
 # program -> Debian package that provides it (checked before `up`)
 REQUIRED_PROGRAMS = {
@@ -150,6 +155,20 @@ class Lab:
     @property
     def hosts_json(self) -> Path:
         return self.directory / "hosts.json"
+
+    @property
+    def raft_secret_file(self) -> Path:
+        return self.directory / "raft_secret"
+
+    @property
+    def raft_secret(self) -> str:
+        """The lab's raft shared secret (every meta node's `raft_secret`, strict mode on); kept in
+        `<lab dir>/raft_secret`, mode 600. Raises LabError if the lab was not brought up with one."""
+        try:
+            return self.raft_secret_file.read_text().strip()
+        except FileNotFoundError:
+            raise LabError(f"lab {self.prefix} has no raft secret ({self.raft_secret_file} missing); "
+                           "bring the lab up first") from None
 
     @property
     def lab_netns(self) -> str:
@@ -302,6 +321,7 @@ class Lab:
         (self.directory / "prefix").write_text(f"{self.prefix}\n")
         shutil.rmtree(self.directory / "hosts", ignore_errors=True)   # disks of an earlier lab in this directory
         self._write_client_key()
+        self._write_raft_secret()
         netns.create_lab_network(self.prefix)
         for spec in specs:
             netns.create_host_network(self.prefix, spec.index)
@@ -324,6 +344,13 @@ class Lab:
         """A fresh Ed25519 client key pair in the lab directory."""
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"lab-{self.prefix}",
                         "-f", str(self.key_file)], check=True)
+
+    def _write_raft_secret(self) -> None:
+        """A fresh random raft secret for this lab, mode 600 (never printed)."""
+        fd = os.open(self.raft_secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        os.chmod(self.raft_secret_file, 0o600)
 
     def _write_client_files(self, specs: list[HostSpec], host_keys: dict[str, str]) -> None:
         """known_hosts (by IP), ssh_config (aliases), hosts.json, inventory.toml."""
@@ -411,10 +438,12 @@ class Lab:
             up = hostfs.upper(self.directory, spec.name)
             if spec.role in ("meta", "spare"):
                 install.install_meta_package(up)
-            if spec.role == "meta":
-                join = [f"{s.ip}:{RAFT_PORT}" for s in metas if s.meta_id < spec.meta_id]
-                text = install.render_meta_config(spec.meta_id, spec.ip, spec.meta_id == 1, join)
+            if spec.role == "meta":   # binds its own IP; join = the other nodes (not itself); raft secret, strict
+                single = spec.meta_id == 1
+                join = [] if single else [f"{s.ip}:{RAFT_PORT}" for s in metas if s.meta_id != spec.meta_id]
+                text = install.render_meta_config(spec.meta_id, spec.ip, single, join, raft_secret=self.raft_secret)
                 (up / "etc/databend/databend-meta.toml").write_text(text)
+                (up / "etc/databend/databend-meta.toml").chmod(0o640)   # boot.sh: root:databend
             if spec.role == "query":
                 install.install_query_package(up, endpoints)
                 (up / "etc/databend/databend-query.toml").write_text(install.render_query_config(endpoints))
@@ -433,10 +462,36 @@ class Lab:
         base = hostfs.host_root(self.directory, name) / "baseline"
         return {p.name: p.read_text() for p in sorted(base.glob("*.toml"))} if base.is_dir() else {}
 
+    def grpc_address(self, name: str) -> str:
+        """The gRPC address meta host `name`'s node is configured with (`<ip>:9191`: it binds its own IP only, so
+        metactl's default 127.0.0.1:9191 is refused there)."""
+        return f"{self.host(name).ip}:{GRPC_PORT}"
+
+    def admin_address(self, name: str) -> str:
+        """The admin HTTP address of meta host `name` (`<ip>:28002`)."""
+        return f"{self.host(name).ip}:{ADMIN_PORT}"
+
     def meta_status(self, name: str) -> tuple[str | None, set[int]]:
-        """(State, voters) as `databend-metactl status` prints them on host `name`; (None, set()) if it fails."""
-        proc = self.root_exec(name, ["databend-metactl", "status"], timeout_s=10, check=False)
+        """(State, voters) as `databend-metactl status` prints them for host `name`'s configured gRPC address;
+        (None, set()) if it fails."""
+        proc = self.root_exec(name, ["databend-metactl", "status", "--grpc-api-address", self.grpc_address(name)],
+                              timeout_s=10, check=False)
         return parse_metactl_status(proc.stdout) if proc.returncode == 0 else (None, set())
+
+    def _preload(self) -> None:
+        """Write MSLAB_KEYS (default 2000) kv keys through meta1 in a few transactions, so that a node added later
+        has data to catch up on (the stand-in's catch-up time grows with it). A lab bookkeeping path: the stand-in's
+        kv transaction route, from a python3 run on the host."""
+        count = int(os.environ.get("MSLAB_KEYS", str(DEFAULT_KEYS)))
+        if count <= 0:
+            return
+        code = ("import sys; sys.path.insert(0, '/usr/lib/databend-standin'); from standin import wire\n"
+                "addr, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+                "for start in range(0, n, batch):\n"
+                "    puts = [['mslab/preload/%06d' % i, 'v%023d' % i] for i in range(start, min(n, start + batch))]\n"
+                "    wire.call_json(addr, 'POST', '/v1/grpc/kv/transaction', {'puts': puts}, timeout=60)\n")
+        self.root_exec("meta1", ["/usr/bin/python3", "-I", "-c", code, self.grpc_address("meta1"), str(count),
+                                 str(PRELOAD_BATCH)], timeout_s=120)
 
     def _form_cluster(self) -> None:
         """Start meta1 (single) and wait for it to lead, then each next meta host (join) until it is a voter.
@@ -453,6 +508,7 @@ class Lab:
                                                  if m.role == "meta" and m.meta_id <= spec.meta_id})
             for future in side:
                 future.result()
+        self._preload()
         queries = [h.name for h in hosts.values() if h.role == "query"]
         if queries:   # databend-query needs the meta cluster at start
             self._parallel(self._baseline_service, queries)
@@ -513,11 +569,11 @@ class Lab:
         spec = self.host(name)
         service = QUERY_SERVICE if spec.role == "query" else META_SERVICE
         script = (f"ls -A /etc/databend; cat /etc/databend/* | sha256sum; systemctl is-active {service}; "
-                  f"systemctl is-enabled {service}; ")
+                  f"systemctl is-enabled {service}; cat {STANDIN_VERSION_FILE} 2>/dev/null; ")
         if spec.role == "spare":
             script += "ls -A /var/lib/databend/raft; "
         if spec.role == "meta":
-            script += ("databend-metactl status | grep -E "
+            script += (f"databend-metactl status --grpc-api-address {self.grpc_address(name)} | grep -E "
                        "'^(Node|State|Leader|CurrentTerm|LastLogIndex|Voters|NonVoters)|^  - id='")
         return self.root_exec(name, ["sh", "-c", script], timeout_s=20, check=False).stdout
 
@@ -554,13 +610,76 @@ class Lab:
         baseline = self._baseline(name)
         keep = " ".join(shlex.quote(f"/etc/databend/{n}") for n in baseline)
         script = (f"systemctl disable --quiet --now {service} && {{ systemctl reset-failed || true; }} && "
-                  "rm -rf /var/lib/databend/raft/* /var/log/databend/* && "
+                  f"rm -rf /var/lib/databend/raft/* /var/log/databend/* {STANDIN_VERSION_FILE} && "
                   f"for f in /etc/databend/*; do case \" {keep} \" in *\" $f \"*) ;; *) rm -rf \"$f\";; esac; done")
         self.root_exec(name, ["sh", "-c", script])
         for file_name, text in baseline.items():
             path = f"/etc/databend/{file_name}"
-            self.root_exec(name, ["sh", "-c", 'cat > "$1" && chmod 644 "$1" && chown root:root "$1"', "sh", path],
-                           input=text)
+            mode, group = ("640", "databend") if "\nraft_secret" in text else ("644", "root")   # as boot.sh
+            self.root_exec(name, ["sh", "-c", 'cat > "$1" && chmod "$2" "$1" && chown "root:$3" "$1"', "sh", path,
+                                  mode, group], input=text)
+
+    # ---------------------------------------------------------------- older releases, TLS (issue #9 items 5, 6)
+    def install_version(self, name: str, release: str | None, *, restart: bool = True) -> None:
+        """Make host `name` play databend-meta release `release` (e.g. "1.2.600"; None = the newest again):
+        `databend-meta --cmd ver`, metactl's command line and output, status BinaryVersion/DataVersion follow it.
+
+        Writes /usr/lib/databend-standin/VERSION (reset removes it); restarts databend-meta if it is active and
+        `restart`. Raises LabError naming the value when it is not a release the stand-in plays.
+        """
+        self.host(name)
+        from sandbox.standin import version   # the lab's own copy, to validate before touching the host
+
+        if release is None:
+            self.root_exec(name, ["rm", "-f", STANDIN_VERSION_FILE])
+        else:
+            try:
+                version.parse(release)
+            except version.VersionError as exc:
+                raise LabError(str(exc)) from None
+            self.root_exec(name, ["sh", "-c", 'cat > "$1" && chmod 644 "$1"', "sh", STANDIN_VERSION_FILE],
+                           input=f"{release}\n")
+        self._restart_meta_if_active(name, restart)
+
+    def enable_grpc_tls(self, name: str, *, restart: bool = True) -> str:
+        """Serve TLS on host `name`'s meta gRPC API; returns the self-signed certificate (PEM) for a CA file.
+
+        openssl (on this machine) makes a key + certificate for CN=localhost with SANs localhost and the host's IP;
+        they go to /etc/databend/tls/grpc.{crt,key} (key mode 640, group databend), and the top-level keys
+        `grpc_tls_server_cert` / `grpc_tls_server_key` are set in /etc/databend/databend-meta.toml (after the
+        `grpc_api_address` line). databend-meta is restarted if it is active and `restart`. `reset` undoes it all.
+        Raises LabError if openssl is missing or a step fails.
+        """
+        spec = self.host(name)
+        if shutil.which("openssl") is None:
+            raise LabError("enable_grpc_tls needs openssl on this machine (Debian package openssl)")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="lab-tls-") as tmp:
+            key, crt = Path(tmp) / "grpc.key", Path(tmp) / "grpc.crt"
+            proc = subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                 "-days", "30", "-subj", "/CN=localhost", "-addext", f"subjectAltName=DNS:localhost,IP:{spec.ip}"],
+                capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:
+                raise LabError(f"openssl req exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            cert_text, key_text = crt.read_text(), key.read_text()
+        install = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chown "root:$2" "$1" && chmod "$3" "$1"'
+        self.root_exec(name, ["sh", "-c", install, "sh", f"{GRPC_TLS_DIR}/grpc.crt", "root", "644"], input=cert_text)
+        self.root_exec(name, ["sh", "-c", install, "sh", f"{GRPC_TLS_DIR}/grpc.key", "databend", "640"],
+                       input=key_text)
+        path = "/etc/databend/databend-meta.toml"
+        text = self.root_exec(name, ["cat", path]).stdout
+        self.root_exec(name, ["sh", "-c", 'cat > "$1"', "sh", path], input=with_grpc_tls(
+            text, f"{GRPC_TLS_DIR}/grpc.crt", f"{GRPC_TLS_DIR}/grpc.key"))
+        self._restart_meta_if_active(name, restart)
+        return cert_text
+
+    def _restart_meta_if_active(self, name: str, restart: bool) -> None:
+        """`systemctl restart databend-meta` on `name` when `restart` and the service is active."""
+        active = self.root_exec(name, ["systemctl", "is-active", META_SERVICE], check=False).stdout.strip()
+        if restart and active == "active":
+            self.root_exec(name, ["systemctl", "restart", META_SERVICE])
 
     # ---------------------------------------------------------------- faults
     def crash(self, name: str) -> int:
@@ -653,7 +772,7 @@ class Lab:
     def _remove_generated_files(self) -> None:
         """Delete the client files a previous `up` wrote (keys, ssh_config, inventory, hosts.json)."""
         for name in ("id_ed25519", "id_ed25519.pub", "known_hosts", "ssh_config", "inventory.toml", "hosts.json",
-                     "baseline-fingerprints.json"):
+                     "baseline-fingerprints.json", "raft_secret"):
             (self.directory / name).unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- status
@@ -716,6 +835,17 @@ def ensure_inotify_instances(minimum: int = INOTIFY_INSTANCES) -> None:
     knob = Path("/proc/sys/fs/inotify/max_user_instances")
     if int(knob.read_text()) < minimum:
         knob.write_text(f"{minimum}\n")
+
+
+def with_grpc_tls(text: str, cert: str, key: str) -> str:
+    """databend-meta.toml `text` with top-level `grpc_tls_server_cert` / `grpc_tls_server_key` set (old lines of
+    those keys dropped; the new ones go after `grpc_api_address`, else before the first table)."""
+    lines = [ln for ln in text.splitlines() if not re.match(r"\s*grpc_tls_server_(cert|key)\s*=", ln)]
+    new = [f"grpc_tls_server_cert = {json.dumps(cert)}", f"grpc_tls_server_key = {json.dumps(key)}"]
+    at = next((i + 1 for i, ln in enumerate(lines) if re.match(r"\s*grpc_api_address\s*=", ln)), None)
+    if at is None:
+        at = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+    return "\n".join(lines[:at] + new + lines[at:]) + "\n"
 
 
 def render_ssh_config(lab: Lab, specs: list[HostSpec]) -> str:

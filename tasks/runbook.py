@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -19,9 +20,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, Field
 
-from metascale import preview, steps, waits
+from metascale import plan as plan_module
+from metascale import nodeinfo, preview, steps, waits
 from metascale.errors import (
     ClusterNotConverged,
+    ConfigEditError,
     HostKeyRejected,
     HostUnreachable,
     MetaScaleError,
@@ -30,7 +33,7 @@ from metascale.errors import (
     SshAuthFailed,
 )
 from metascale.inventory import Inventory, MetaNode, QueryNode, write_inventory
-from metascale.plan import FileChange, HostFacts, NewNodeSpec, ScalePlan, removal_quorum_reason
+from metascale.plan import FileChange, HostFacts, NewNodeSpec, QueryFacts, ScalePlan, removal_quorum_reason
 from metascale.status import ClusterStatus
 from metascale.status import read_cluster_status as core_read_cluster_status
 from metascale.steps import StepResult
@@ -135,6 +138,69 @@ def reachable_hosts(inventory: Inventory, hosts: list[str]) -> set[str]:
     return {h for h, ok in zip(hosts, futures.result(), strict=True) if ok}
 
 
+@task(name="check-meta-versions", task_run_name="check the databend-meta versions", cache_policy=NO_CACHE,
+      retries=0)
+def check_meta_versions(inventory: Inventory, hosts: list[str]) -> dict[str, str | None]:
+    """Read `databend-meta --cmd ver` on every host (in parallel) before planning; return host -> version (None:
+    unreachable or no binary, which the pre-flight reports itself). Read-only.
+
+    Every member's own meta config is read too (cached for the run): one that cannot be parsed is refused here,
+    naming the host and the file, rather than making that node look dead to the planner.
+
+    Raises: PlanRefused("databend-meta X on HOST is older than 1.2.612, the oldest metascale supports");
+    ConfigEditError (a member's meta config is not one).
+    """
+    pool = pool_for(inventory)
+    members = {n.host for n in inventory.meta_nodes}
+
+    def one(host: str) -> str | None:
+        try:
+            if host in members:  # a member's own config gives every address and path: it must be readable
+                nodeinfo.read_node_config(pool.remote(host), inventory)
+            return nodeinfo.check_supported_version(pool.remote(host), PROBE_TIMEOUT_S)
+        except (PlanRefused, ConfigEditError):
+            raise
+        except MetaScaleError as exc:
+            _logger().warning("cannot read the databend-meta version on %s: %s", host, exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as executor:
+        versions = dict(zip(hosts, executor.map(one, hosts), strict=True))
+    _logger().info("databend-meta versions: %s", ", ".join(f"{h} {v or '?'}" for h, v in versions.items()))
+    return versions
+
+
+@task(name="resolve-new-hosts", task_run_name="resolve the new hosts' addresses", cache_policy=NO_CACHE, retries=0)
+def resolve_new_hosts(inventory: Inventory, specs: list[NewNodeSpec]) -> tuple[list[NewNodeSpec], list[str]]:
+    """Resolve every new host given as a DNS name ONCE, on the first existing meta node that answers (`getent
+    ahosts`: what the cluster will see), and return the specs with the IP as ``host`` plus one plan note per
+    resolved name ("spare.example → 10.0.0.5"). IP literals are kept as they are. Read-only.
+
+    Raises: PlanRefused when a name does not resolve, resolves to several addresses, or no meta node answers.
+    """
+    named = [s for s in specs if not nodeinfo.is_ip_literal(s.host)]
+    if not named:
+        return list(specs), []
+    pool = pool_for(inventory)
+    failures: list[str] = []
+    for node in inventory.meta_nodes:
+        try:
+            remote = pool.remote(node)
+            addresses = {s.host: nodeinfo.resolve_host_address(remote, s.host, PROBE_TIMEOUT_S) for s in named}
+        except PlanRefused:
+            raise
+        except MetaScaleError as exc:
+            failures.append(f"{node.host}: {exc}")
+            continue
+        notes = [f"{name} → {ip} (resolved once on {node.host}; the node's config, the inventory and SSH use "
+                 f"the IP)" for name, ip in addresses.items()]
+        for note in notes:
+            _logger().info("%s", note)
+        return [s.model_copy(update={"host": addresses.get(s.host, s.host)}) for s in specs], notes
+    raise PlanRefused("scale-up", f"cannot resolve {[s.host for s in named]}: no meta node answers ("
+                                  + "; ".join(failures) + ")")
+
+
 @task(name="check-new-host", task_run_name="pre-flight checks on {spec.host}", cache_policy=NO_CACHE, retries=0)
 def check_new_host(inventory: Inventory, spec: NewNodeSpec) -> HostFacts:
     """Return what the new host offers: SSH, the databend-meta package, busy ports, the service state. Read-only."""
@@ -145,9 +211,14 @@ def check_new_host(inventory: Inventory, spec: NewNodeSpec) -> HostFacts:
     else:
         facts = steps.read_new_host_facts(remote, inventory, spec, PROBE_TIMEOUT_S)
     if facts.reachable:
-        _logger().info("%s: package=%s listening=%s meta service active=%s", spec.host, facts.has_package,
+        _logger().info("%s: package=%s listening=%s meta service active=%s enabled=%s raft dir %s %s%s", spec.host,
+                       facts.has_package,
                        sorted(set(facts.busy_ports) & {spec.raft_port, spec.grpc_port, spec.admin_port}),
-                       facts.meta_active)
+                       facts.meta_active, facts.meta_enabled, facts.raft_dir,
+                       "holds data" if facts.raft_dir_in_use else "is empty",
+                       f"; running as meta-{facts.own_node_id} with voters {list(facts.own_voters)}"
+                       if facts.own_node_id is not None else
+                       (f"; status unreadable: {facts.status_error}" if facts.status_error else ""))
     else:
         _logger().warning("%s is not reachable over SSH: %s", spec.host, facts.reason)
     return facts
@@ -217,26 +288,38 @@ def _wait_until(what: str, read: Callable[[], ClusterStatus], not_yet: Callable[
 
 def _status_reader(inventory: Inventory, nodes: list[MetaNode] | None = None) -> Callable[[], ClusterStatus]:
     asked = _status_nodes(inventory, nodes)
-    return lambda: core_read_cluster_status(pool_for(inventory), inventory, PROBE_TIMEOUT_S, nodes=asked)
+
+    def read() -> ClusterStatus:
+        status = core_read_cluster_status(pool_for(inventory), inventory, PROBE_TIMEOUT_S, nodes=asked)
+        for probe in status.probes:
+            if probe.note:  # set once per host per run (the connection remembers it was said)
+                _logger().info("%s", probe.note)
+        return status
+
+    return read
 
 
-@task(name="verify-node-joined", task_run_name="wait until meta-{node.node_id} is a voter", cache_policy=NO_CACHE,
-      retries=0)
+@task(name="verify-node-joined", task_run_name="wait until meta-{node.node_id} is a voter and caught up",
+      cache_policy=NO_CACHE, retries=0)
 def verify_node_joined(inventory: Inventory, node: MetaNode, deadline_s: float) -> ClusterStatus:
-    """Runbook scale up 4: wait until the leader lists ``node`` as a voter and the node answers."""
+    """Runbook scale up 4: wait until the leader lists ``node`` as a voter, the node answers, and it has caught up
+    (the leader's replication of it reaches the leader's applied index at the time of the join)."""
     nodes = [*[n for n in inventory.meta_nodes if n.node_id != node.node_id], node]
 
-    def not_yet(status: ClusterStatus) -> str | None:
-        if status.leader_id is None:
-            return status.unhealthy_reason() or "no leader"
-        if node.node_id not in (status.voter_ids or []):
-            return f"voters are {status.voter_ids}, meta-{node.node_id} not yet among them"
-        if node.node_id not in status.answering_ids:
-            return f"meta-{node.node_id} does not answer yet"
-        return None
+    def on_voter(target: int) -> None:
+        _logger().info("%s; target index %d", plan_module.catch_up_note(node.node_id), target)
 
-    return _wait_until(f"meta-{node.node_id} joins as a voter", _status_reader(inventory, nodes), not_yet,
-                       deadline_s)
+    not_yet = waits.joined_and_caught_up(node.node_id, on_voter)
+    return _wait_until(f"meta-{node.node_id} joins as a voter and catches up", _status_reader(inventory, nodes),
+                       not_yet, deadline_s)
+
+
+@task(name="reset-new-node-raft-dir", task_run_name="reset the raft dir of new host {node.host}",
+      cache_policy=NO_CACHE, retries=0)
+def reset_new_node_raft_dir(inventory: Inventory, node: MetaNode, raft_dir: str) -> StepResult:
+    """reset_new_node: stop databend-meta on a new host that is a one-node cluster of its own and move its raft dir
+    aside (`<raft_dir>.reset-<ts>`). Checks again first; never touches a member of a multi-node cluster."""
+    return _log(steps.reset_new_node_raft_dir(pool_for(inventory).remote(node), inventory, raft_dir))
 
 
 @task(name="update-join-on-existing-nodes", task_run_name="set join on meta-{node.node_id} ({node.host})",
@@ -253,6 +336,48 @@ def update_query_meta_endpoints(inventory: Inventory, query: QueryNode, endpoint
     return _log(steps.update_query_meta_endpoints(pool_for(inventory).remote(query), inventory, query, endpoints))
 
 
+@task(name="check-query-node", task_run_name="read the query config on {query.host}", cache_policy=NO_CACHE,
+      retries=0)
+def check_query_node(inventory: Inventory, query: QueryNode) -> QueryFacts:
+    """Read a query node's auto_sync_interval, endpoints and health address (for the plan's notes). Read-only."""
+    try:
+        facts = steps.read_query_node_facts(pool_for(inventory).remote(query), inventory, query, PROBE_TIMEOUT_S)
+    except MetaScaleError as exc:
+        facts = QueryFacts(host=query.host, read_error=str(exc))
+    _logger().info("query node %s: auto_sync_interval=%s health %s%s", query.host, facts.auto_sync_interval,
+                   facts.health_address, f"; config unreadable: {facts.read_error}" if facts.read_error else "")
+    return facts
+
+
+@task(name="check-query-endpoints-answer", task_run_name="check a meta endpoint answers before query restarts",
+      cache_policy=NO_CACHE, retries=0)
+def check_query_endpoints_answer(inventory: Inventory, status: ClusterStatus, endpoints: list[str]) -> None:
+    """Refuse to start restarting query nodes when no meta node of their new `[meta] endpoints` answers in
+    ``status`` (a restarted query node could not connect). Read-only. Raises: PlanRefused."""
+    by_id = {n.node_id: n.grpc_addr for n in inventory.meta_nodes}
+    answering = {by_id[i] for i in status.answering_ids if i in by_id}
+    reason = plan_module.query_restart_blocked_reason(endpoints, answering)
+    if reason:
+        raise PlanRefused("restart query nodes", reason)
+    _logger().info("meta endpoints answering for the query restarts: %s", sorted(answering & set(endpoints)))
+
+
+@task(name="restart-query-node", task_run_name="restart databend-query on {query.host}", cache_policy=NO_CACHE,
+      retries=0)
+def restart_query_node(inventory: Inventory, query: QueryNode, health_address: str, deadline_s: float) -> StepResult:
+    """Scale up 6 / scale down 9, continued: `systemctl restart databend-query` (never reload: SIGHUP stops it),
+    then wait until the service is active and `GET /v1/health` answers. Raises ClusterNotConverged at the deadline."""
+    remote = pool_for(inventory).remote(query)
+    result = _log(steps.restart_query_node(remote, inventory, query))
+    what = f"databend-query on {query.host} is healthy"
+    started = time.monotonic()
+    waits.wait_until(lambda: steps.query_node_unhealthy_reason(remote, inventory, health_address),
+                     lambda reason: reason is None, expected=what, timeout_s=deadline_s,
+                     describe=lambda reason: str(reason), on_attempt=_attempt_logger(what))
+    _logger().info("%s: after %.2f s", what, time.monotonic() - started)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- scale-down steps
 @task(name="check-leader", task_run_name="check the leader of {inventory.name}", cache_policy=NO_CACHE,
       retries=2, retry_delay_seconds=[1, 3])
@@ -267,7 +392,7 @@ def check_leader(inventory: Inventory, nodes: list[MetaNode] | None = None) -> i
       cache_policy=NO_CACHE, retries=0)
 def transfer_leadership(inventory: Inventory, leader: MetaNode, target: int) -> StepResult:
     """Runbook scale down 2: `databend-metactl transfer-leader --to <target>` on the leader's own admin API."""
-    return _log(steps.transfer_leadership(pool_for(inventory).remote(leader), leader, target))
+    return _log(steps.transfer_leadership(pool_for(inventory).remote(leader), leader, target, inventory=inventory))
 
 
 @task(name="verify-leadership-moved", task_run_name="wait until meta-{node_id} is no longer the leader",
@@ -312,7 +437,7 @@ def leave_cluster(inventory: Inventory, node_id: int, via: list[str], timeout_s:
     for runner in runners:  # run it on the first remaining node that answers (the leader may have crashed)
         try:
             return _log(steps.leave_cluster(pool_for(inventory).remote(runner), node_id, via, timeout_s,
-                                            probe=runner))
+                                            probe=runner, inventory=inventory))
         except (HostUnreachable, MetaUnreachable) as exc:
             if isinstance(exc, (HostKeyRejected, SshAuthFailed)):
                 raise
@@ -429,6 +554,7 @@ def restore_config_from_backup(inventory: Inventory, host: str, path: str, backu
 
 @task(name="stop-new-node", task_run_name="stop databend-meta on {node.host} (never joined)", cache_policy=NO_CACHE,
       retries=0)
-def stop_new_node(inventory: Inventory, node: MetaNode) -> StepResult:
-    """Stop and disable databend-meta on a new node that never became a voter (undo of start_meta_service)."""
-    return _log(steps.stop_meta_service(pool_for(inventory).remote(node), inventory, disable=True))
+def stop_new_node(inventory: Inventory, node: MetaNode, stop: bool = True, disable: bool = True) -> StepResult:
+    """Stop and disable databend-meta on a new node that never became a voter (undo of start_meta_service);
+    ``stop`` / ``disable`` False keep what was so before the run (a service that ran, or was enabled, then)."""
+    return _log(steps.stop_meta_service(pool_for(inventory).remote(node), inventory, disable=disable, stop=stop))

@@ -96,23 +96,43 @@ def _replace_line(text: str, pattern: str, line: str) -> str:
     return new
 
 
-def render_meta_config(node_id: int, host: str, single: bool, join: list[str]) -> str:
-    """Return the packaged databend-meta.toml set up for one node, the way the deploy guide does it.
+def render_meta_config(node_id: int, host: str, single: bool, join: list[str], *,
+                       raft_secret: str | None = None) -> str:
+    """Return the packaged databend-meta.toml set up for one node that binds its own IP only ("like production").
 
-    `id` = node_id; raft_advertise_host and grpc_api_advertise_host = host; `single = true` when `single`,
-    else the `single` line commented out; `join = [...]` when `join` is non-empty. Comments are kept.
+    `id` = node_id; `admin_api_address` = host:28002, `grpc_api_address` = host:9191 (IP literals: databend-meta
+    parses both as SocketAddr), `grpc_api_advertise_host`, `raft_listen_host` and `raft_advertise_host` = host;
+    `single = true` when `single`, else that line commented out; `join = [...]` when `join` is non-empty (list only
+    the OTHER nodes: with the listen host = own IP, databend-meta refuses a join list containing itself). With
+    `raft_secret`: `raft_secret`, `raft_accepted_secrets = [it]` and `raft_secret_strict = true` are appended to
+    [raft_config] (strict needs a non-empty accepted list, databend-meta raft-store config.rs `check`).
+    Every other line of the packaged file (comments, blank lines, order) is kept.
     """
+    import ipaddress
     if node_id < 0:
         raise ValueError(f"node_id must be >= 0, got {node_id}")
-    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
-        raise ValueError(f"host {host!r} is not a plain host name or IP address")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"host {host!r} is not an IPv4 address (databend-meta binds IP:port literals)") from None
+    if raft_secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", raft_secret):
+        raise ValueError("raft_secret must be non-empty and use only [A-Za-z0-9_-]")
     text = packaged.PACKAGED_META_TOML
+    text = _replace_line(text, r"^admin_api_address\s*=.*$", f'admin_api_address       = "{host}:28002"')
+    text = _replace_line(text, r"^grpc_api_address\s*=.*$", f'grpc_api_address        = "{host}:9191"')
     text = _replace_line(text, r"^id\s*=.*$", f"id            = {node_id}")
     text = _replace_line(text, r"^grpc_api_advertise_host\s*=.*$", f'grpc_api_advertise_host = "{host}"')
+    text = _replace_line(text, r"^raft_listen_host\s*=.*$", f'raft_listen_host = "{host}"')
     text = _replace_line(text, r"^raft_advertise_host\s*=.*$", f'raft_advertise_host = "{host}"')
     text = _replace_line(text, r"^single\s*=.*$", "single        = true" if single else "# single        = true")
     if join:
-        text = _replace_line(text, r"^# join = \[.*$", f"join = {_toml_str_list(join)}")
+        text = _replace_line(text, r"^# join\s*=.*$", f"join          = {_toml_str_list(join)}")
+    if raft_secret is not None:
+        text += ("\n# Raft shared secret (databend-meta 260629+): sent on every raft RPC; strict mode refuses one\n"
+                 "# without an accepted secret.\n"
+                 f'raft_secret = "{raft_secret}"\n'
+                 f'raft_accepted_secrets = ["{raft_secret}"]\n'
+                 "raft_secret_strict = true\n")
     return text
 
 

@@ -16,6 +16,7 @@ class MetaLog:
         self.name = prefix
         self._lock = threading.Lock()
         self.file_error: str | None = None
+        self.quiet_stdout = False   # leave mode: info/warn go to the log file only (upstream's stderr log is off)
 
     def open_dir(self, log_dir: str, name: str) -> None:
         """Start writing files named `<name>-<hour>.log` in log_dir (created if missing); remember failures."""
@@ -34,7 +35,7 @@ class MetaLog:
         now = datetime.datetime.now(datetime.timezone.utc)
         line = f"{now:%Y-%m-%dT%H:%M:%S.%fZ} {level:>5} {self.prefix}: {msg}"
         with self._lock:
-            if to_stdout:
+            if to_stdout and not self.quiet_stdout:
                 print(line, flush=True)
             path = self._path(now)
             if path is not None:

@@ -9,31 +9,43 @@ import threading
 import time
 from typing import Any
 
-from . import wire
+from . import raft_secret, version, wire
 from .config import (CRATE_VERSION, DATA_VERSION_DEBUG, BINARY_VERSION, ConfigError, MetaConfig, build_parser,
-                     from_args)
+                     from_args, parse_socket_addr)
 from .logs import MetaLog, eprint
 
 
 # ----- leave ---------------------------------------------------------------------------------------------------------
-def run_leave(node_id: int, via: list[str]) -> int:
-    """Forward Leave{node_id} to the first via-address that answers; silent exit 0 on success."""
+def run_leave(cfg: MetaConfig, log: MetaLog) -> int:
+    """Forward Leave{leave_id} to the first leave_via address that answers; silent exit 0 on success.
+
+    The request carries this process's `raft_secret` (from --config-file or --raft-secret), as upstream's
+    `MetaNode::leave_cluster` connects with `connect_raft_service` (databend-meta raft_secret.rs).
+    """
+    node_id, via = cfg.leave_id, cfg.leave_via
+    assert node_id is not None
+    headers = raft_secret.outgoing_headers(cfg)
     errors = []
+    log.info(f"leave cluster: leave_id={node_id} leave_via={via}")
     for addr in via:
         try:
-            reply = wire.call_json(addr, "POST", "/v1/raft/forward", {"op": "leave", "node_id": node_id})
+            reply = wire.call_json(addr, "POST", "/v1/raft/forward", {"op": "leave", "node_id": node_id},
+                                   headers=headers)
         except wire.Unreachable as e:
             errors.append(f"tonic::transport::error::Error: transport error: {e} while: leave {node_id} via: {addr}")
             continue
         except (OSError, RuntimeError, ValueError) as e:
-            errors.append(f"{e} while: leave {node_id} via: {addr}")
+            errors.append(f"{raft_secret.rpc_error_text(e)} while: leave {node_id} via: {addr}")
             continue
         if reply.get("ok"):
+            log.info(f"node {node_id} has left cluster")
             return 0
         err = json.dumps({"action": "leave", "msg": reply.get("error", "")})
         errors.append(f"{err} while: leave {node_id} via: {addr}")
     quoted = ", ".join(json.dumps(a) for a in via)
-    eprint(f"Error: fail to leave {node_id} cluster via [{quoted}], caused by errors: {', '.join(errors)}")
+    msg = f"fail to leave {node_id} cluster via [{quoted}], caused by errors: {', '.join(errors)}"
+    log.warn(msg)
+    eprint(f"Error: {msg}")
     return 1
 
 
@@ -88,7 +100,7 @@ def _routes(node: Any, cfg: MetaConfig) -> tuple[dict, dict, dict, dict]:
         "/v1/config": lambda q, b: wire.text_reply(repr(cfg)),
         "/v1/cluster/nodes": lambda q, b: wire.json_reply(
             [node_json(i, r) for i, r in sorted(node.view.nodes.items())]),
-        "/v1/cluster/status": lambda q, b: wire.json_reply(node.status()),
+        "/v1/cluster/status": lambda q, b: wire.json_reply(versioned_status(node, grpc=False)),
         "/v1/ctrl/trigger_transfer_leader": admin_transfer,
         "/v1/ctrl/trigger_snapshot": lambda q, b: wire.json_reply(None),
         "/v1/features/list": lambda q, b: wire.json_reply({"features": ["dummy", "dummy_feature2"], "enabled": []}),
@@ -106,11 +118,22 @@ def _routes(node: Any, cfg: MetaConfig) -> tuple[dict, dict, dict, dict]:
 
     grpc_get = {
         "/v1/grpc/handshake": lambda q, b: wire.json_reply({"protocol_version": 1, "server": CRATE_VERSION}),
-        "/v1/grpc/status": lambda q, b: wire.json_reply(node.status(CRATE_VERSION)),
+        "/v1/grpc/status": lambda q, b: wire.json_reply(versioned_status(node, grpc=True)),
         "/v1/grpc/member_list": lambda q, b: wire.json_reply(
             {"data": [r.get("grpc_api_advertise_address") or "" for _, r in sorted(node.view.nodes.items())]}),
     }
+    def kv_transaction(q: dict[str, str], b: Any) -> tuple[int, str, bytes]:
+        """Many puts as one raft log entry, like upstream's MetaService/Transaction with Put ops (the lab's preload)."""
+        if node.so is None:
+            return wire.text_reply("meta node is not started", 503)
+        try:
+            puts = [(str(k), str(v)) for k, v in b["puts"]]
+            return wire.json_reply(node.replicate(node.sm.upsert_many, puts, timeout=30.0))
+        except OpError as e:
+            return wire.text_reply(str(e), 503)
+
     grpc_post = {
+        "/v1/grpc/kv/transaction": kv_transaction,
         "/v1/grpc/kv/upsert": kv_upsert,
         "/v1/grpc/kv/get": lambda q, b: wire.json_reply(node.sm.kv.get(str(b["key"]))),
         "/v1/grpc/kv/list": lambda q, b: wire.json_reply(
@@ -131,6 +154,27 @@ def _routes(node: Any, cfg: MetaConfig) -> tuple[dict, dict, dict, dict]:
     return admin, grpc_get, grpc_post, {"GET": raft_get, "POST": raft_post}
 
 
+def grpc_tls_files(cfg: MetaConfig) -> tuple[str, str] | None:
+    """(cert, key) when both `grpc_tls_server_cert` and `grpc_tls_server_key` are set, else None: the gRPC API then
+    serves TLS only (databend src/meta/cli-config/src/lib.rs -> TlsConfig; databend-meta
+    crates/server/service/src/api/grpc_server.rs loads the identity when the TLS config is enabled)."""
+    if cfg.grpc_tls_server_cert and cfg.grpc_tls_server_key:
+        return cfg.grpc_tls_server_cert, cfg.grpc_tls_server_key
+    return None
+
+
+def versioned_status(node: Any, grpc: bool) -> dict[str, Any]:
+    """node.status() as the installed release reports it (version.py): BinaryVersion (gRPC: the crate version
+    after v1.2.880, the commit version before; HTTP: the commit version), DataVersion, and, for the stand-in's
+    metactl only, `standin_version` (the server formats LogIds, `1-1-200` before v1.2.583)."""
+    v = version.installed()
+    st = node.status(version.grpc_binary_version(v) if grpc else version.commit_version(v))
+    st["data_version"] = version.data_version(v)
+    if grpc:
+        st["standin_version"] = ".".join(map(str, v))
+    return st
+
+
 def _install_signal_handlers(node: Any, log: MetaLog) -> None:
     """SIGTERM/SIGINT/SIGHUP: print `Databend Metasrv shutdown`, stop, exit 0 (ctrlc `termination` semantics)."""
     def handler(signum: int, _frame: Any) -> None:
@@ -147,11 +191,13 @@ def _install_signal_handlers(node: Any, log: MetaLog) -> None:
 
 def _banner(cfg: MetaConfig, node: Any, log: MetaLog) -> None:
     status = "single" if cfg.single else "join " + json.dumps(cfg.join)
+    ver = version.installed()
+    data_debug = version.DATA_VERSIONS[version.data_version(ver)]
     for line in [
-        "Databend Metasrv", f"Version: {BINARY_VERSION}", f"Working DataVersion: {DATA_VERSION_DEBUG}",
+        "Databend Metasrv", f"Version: {version.commit_version(ver)}", f"Working DataVersion: {data_debug}",
         "Raft Feature set:", "    Server Provide: { append:v0, install_snapshot:v1, install_snapshot:v3, vote:v0 }",
         "    Client Require: { append:v0, install_snapshot:v3, vote:v0 }", "",
-        f"Disk  Data: {DATA_VERSION_DEBUG}; Upgrading: None", f"      Dir: {cfg.raft_dir}", "",
+        f"Disk  Data: {data_debug}; Upgrading: None", f"      Dir: {cfg.raft_dir}", "",
         f"Log   File: enabled={cfg.log_file_on}, level={cfg.log_level}, dir={cfg.log_dir}, format=text",
         "      Stderr: enabled=false", f"Raft  Id: {node.node_id}; Cluster: {cfg.cluster_name}",
         f"      Dir: {cfg.raft_dir}", f"      Status: {status}", "",
@@ -166,25 +212,37 @@ def _banner(cfg: MetaConfig, node: Any, log: MetaLog) -> None:
 def _join(node: Any, cfg: MetaConfig, log: MetaLog) -> str | None:
     """Join via the config's addresses (3 attempts each); return None on success or the error text."""
     targets = [a for a in cfg.join if a != cfg.raft_advertise_addr]
+    headers = raft_secret.outgoing_headers(cfg)
     errors: list[str] = []
     for addr in targets:
         for attempt in range(3):
             try:
-                info = wire.call_json(addr, "GET", "/v1/raft/members", timeout=10.0)
+                info = wire.call_json(addr, "GET", "/v1/raft/members", timeout=10.0, headers=headers)
                 if node.so is None:
                     node.quiet = True
+                    node.start_catchup()      # behind from the first replicated entry until the leader says
                     node.start_raft(list(info["members"]))
                 reply = wire.call_json(addr, "POST", "/v1/raft/forward", {
                     "op": "join", "node_id": node.node_id, "raft_internal": cfg.internal_addr,
                     "endpoint": {"addr": cfg.raft_advertise_host, "port": cfg.raft_api_port},
-                    "grpc_api_advertise_address": cfg.grpc_advertise_addr}, timeout=60.0)
-            except (OSError, RuntimeError, ValueError) as e:
+                    "grpc_api_advertise_address": cfg.grpc_advertise_addr}, timeout=60.0, headers=headers)
+            except RuntimeError as e:
+                if not str(e).startswith("401 "):
+                    log.warn(f"join via {addr} attempt {attempt + 1}: {e}")
+                    time.sleep(1.0)
+                    continue
+                # refused by a strict node (raft secret missing/unaccepted): retrying cannot help
+                errors.append(f"{raft_secret.rpc_error_text(e)} while: join via {addr}")
+                log.warn(f"join via {addr} attempt {attempt + 1}: {raft_secret.rpc_error_text(e)}")
+                break
+            except (OSError, ValueError) as e:
                 log.warn(f"join via {addr} attempt {attempt + 1}: {e}")
                 time.sleep(1.0)
                 continue
             if reply.get("ok"):
                 node.persisted.update(initialized=True, left=False, partners=list(info["members"]))
                 node.save()
+                node.end_catchup_in(float(reply.get("catchup_s") or 0.0))
                 node.quiet = False
                 log.info(f"joined cluster via {addr}")
                 return None
@@ -193,6 +251,7 @@ def _join(node: Any, cfg: MetaConfig, log: MetaLog) -> str | None:
                 errors.append(f"{reply.get('error')} while: join via {addr}")
                 break
             time.sleep(1.0)
+    node.end_catchup_in(None)
     return f"fail to join node-{node.node_id} to cluster via {json.dumps(targets)}, errors: {', '.join(errors)}"
 
 
@@ -234,7 +293,8 @@ def run_server(cfg: MetaConfig) -> int:
     from .node import MetaNode
     try:
         cfg.check()
-    except ConfigError as e:
+        version.installed()
+    except (ConfigError, version.VersionError) as e:
         eprint(f"Error: {e}")
         return 1
     log = MetaLog()
@@ -251,7 +311,8 @@ def run_server(cfg: MetaConfig) -> int:
 
     admin, grpc_get, grpc_post, raft = _routes(node, cfg)
     try:
-        node.servers.append(wire.serve(cfg.raft_listen_addr, raft["GET"], raft["POST"], "raft"))
+        node.servers.append(wire.serve(cfg.raft_listen_addr, raft["GET"], raft["POST"], "raft",
+                                       check=raft_secret.Checker(cfg, log)))
         if node.persisted.get("initialized") and node.persisted.get("left") and cfg.join:
             log.info(f"node {node.node_id} was removed from its cluster: wiping the raft log and joining again")
             node.wipe_raft_log()
@@ -271,8 +332,27 @@ def run_server(cfg: MetaConfig) -> int:
             node.replicate(node.sm.add_node, node.node_id, node.own_record(), False, timeout=5.0)
             node.persisted.update(initialized=True, left=False, partners=[])
             node.save()
-        node.servers.append(wire.serve(cfg.admin_api_address, admin, {}, "admin"))
-        node.servers.append(wire.serve(cfg.grpc_api_address, grpc_get, grpc_post, "grpc"))
+        # Upstream binds exactly these addresses, parsed as SocketAddr (IP literal + port, no host name), and a
+        # parse failure is a panic after the raft node is up: entry.rs `srv.do_start().await.expect("Failed to
+        # start http server")` (admin: src/meta/admin/src/http_service.rs `do_start`) and `.expect("Databend meta
+        # service error")` (gRPC: databend-meta crates/server/service/src/api/grpc_server.rs `bind`). Exit 101.
+        for addr, what in ((cfg.admin_api_address, "Failed to start http server"),
+                           (cfg.grpc_api_address, "Databend meta service error")):
+            try:
+                parse_socket_addr(addr)
+            except ValueError as e:
+                line = 180 if what.startswith("Failed") else 201
+                eprint(f"panicked at src/meta/binaries/meta/entry.rs:{line}:37:\n"
+                       f"{what}: BadAddressFormat(AnyError {{ typ: \"core::net::parser::AddrParseError\", "
+                       f"msg: \"{e}\", source: None, context: [], backtrace: None }})")
+                log.warn(f"{what}: {e}: {addr!r}")
+                node.shutdown()
+                return 101
+            if what.startswith("Failed"):
+                node.servers.append(wire.serve(cfg.admin_api_address, admin, {}, "admin"))
+            else:
+                node.servers.append(wire.serve(cfg.grpc_api_address, grpc_get, grpc_post, "grpc",
+                                               tls_files=grpc_tls_files(cfg)))
     except OSError as e:
         eprint(f"Error: cannot listen: {e}")
         node.shutdown()
@@ -300,8 +380,12 @@ def run_server(cfg: MetaConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     """databend-meta entry point."""
     args = build_parser().parse_args(argv)
-    if args.cmd == "ver":
-        print(f"version: {BINARY_VERSION}\nmin-compatible-client-version: 1.2.288\ndata-version: {DATA_VERSION_DEBUG}")
+    if args.cmd == "ver":   # entry.rs run_cmd "ver"; the values follow the installed release (version.py)
+        try:
+            print(version.ver_text(version.installed()))
+        except version.VersionError as e:
+            eprint(f"Error: {e}")
+            return 1
         return 0
     if args.cmd.startswith("kvapi::"):
         cfg = from_args(args)
@@ -309,13 +393,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd:
         eprint(f"Error: unknown cmd {args.cmd!r}; valid: ver, kvapi::upsert, kvapi::get, kvapi::list")
         return 1
-    if args.leave_id is not None and args.leave_via:
-        return run_leave(args.leave_id, args.leave_via)
     try:
         cfg = from_args(args)
     except ConfigError as e:
         eprint(f"Error: {e}")
         return 1
+    if cfg.leave_via:
+        # entry.rs: init_logging_system (the config's log dir, file `databend-meta-<config id>@<cluster>`), then
+        # `raft_config.check()` (which, with leave_via set, only requires leave_id), then leave_cluster.
+        log = MetaLog()
+        if cfg.log_file_on:
+            log.open_dir(cfg.log_dir, f"databend-meta-{cfg.id}@{cfg.cluster_name}")
+        log.quiet_stdout = True
+        try:
+            cfg.check()
+        except ConfigError as e:
+            eprint(f"Error: {e}")
+            return 1
+        return run_leave(cfg, log)
     return run_server(cfg)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.monotonic import monotonic
 
-from . import wire
+from . import raft_secret, wire
 from .config import BINARY_VERSION, DATA_VERSION, INTERNAL_PORT_OFFSET, MetaConfig
 from .logs import MetaLog
 
@@ -75,6 +75,20 @@ class StateMachine(SyncObjConsumer):
         cur = {"seq": self.last_seq, "meta": None, "data": value}
         self.kv = {**self.kv, key: cur}
         return {"ident": None, "prev": prev, "result": cur}
+
+    @replicated
+    def upsert_many(self, puts: list[tuple[str, str]]) -> dict[str, Any]:
+        kv = dict(self.kv)
+        for key, value in puts:
+            self.last_seq += 1
+            kv[key] = {"seq": self.last_seq, "meta": None, "data": value}
+        self.kv = kv
+        return {"applied": len(puts), "last_seq": self.last_seq}
+
+    def data_bytes(self) -> int:
+        """Approximate size of the replicated data (what a new voter has to catch up on)."""
+        kv = self.kv
+        return sum(len(k) + len(str(v.get("data", ""))) + 32 for k, v in kv.items()) + 256 * len(self.nodes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +148,10 @@ class MetaNode:
         self._change_lock = threading.Lock()
         self._lock_fd: int | None = None
         self.servers: list[Any] = []
+        # Catch-up after join (openraft adds a voter directly, which then lags while already counted; reference §1.3,
+        # §3.3): leader side internal addr -> (start, until) monotonic; joiner side its own (start, until).
+        self.catchup: dict[str, tuple[float, float]] = {}
+        self.own_catchup: tuple[float, float] | None = None
 
     # ----- persistence -------------------------------------------------------------------------------------------
     @property
@@ -238,10 +256,20 @@ class MetaNode:
         if raw == 2:
             match = so._SyncObj__raftMatchIndex
             rows = [(self.cfg.internal_addr, last, term_at(last))]
-            rows += [(n.id, match[n], term_at(match[n])) for n in others if match.get(n, 0) > 0]
+            for n in others:
+                idx = self._catching_up(self.catchup.get(n.id), match.get(n, 0), last)
+                if idx > 0:
+                    rows.append((n.id, idx, term_at(idx)))
             matched = tuple(rows)
         term = so._SyncObj__raftCurrentTerm
         applied = so._SyncObj__raftLastApplied
+        window = self.own_catchup
+        if window is not None:
+            if monotonic() >= window[1]:
+                self.own_catchup = None
+            else:
+                applied = self._catching_up(window, applied, applied)
+                last = self._catching_up(window, last, last)
         nodes = self.sm.nodes
         view = RaftView(state=state, leader_internal=leader_internal, term=term, last_log_index=last,
                         last_applied=applied, last_applied_term=term_at(applied),
@@ -256,6 +284,33 @@ class MetaNode:
                 self.log.info(f"leader changed: {self._last_leader} -> {leader_internal} term={term}")
             self._last_leader = leader_internal
         return view
+
+    @staticmethod
+    def _catching_up(window: tuple[float, float] | None, real: int, last: int) -> int:
+        """The log index to show for a node still catching up: growing linearly from 1 to `real` over the window,
+        always below `last` while the window is open (so the leader's Replication line ends in ` *`)."""
+        if window is None or real <= 1:
+            return real
+        start, until = window
+        now = monotonic()
+        if now >= until:
+            return real
+        shown = max(1, int(real * (now - start) / max(until - start, 1e-6)))
+        return min(shown, real, max(1, last - 1))
+
+    def start_catchup(self) -> None:
+        """Joiner side, before the join request: show this node behind (LastApplied, LastLogIndex) until
+        `end_catchup_in` says when the leader considers it caught up."""
+        now = monotonic()
+        self.own_catchup = (now, now + 600.0)
+
+    def end_catchup_in(self, seconds: float | None) -> None:
+        """Joiner side: the catch-up ends `seconds` from now (the leader's remaining window); None = no catch-up."""
+        window = self.own_catchup
+        if window is None or seconds is None or seconds <= 0:
+            self.own_catchup = None
+        else:
+            self.own_catchup = (window[0], monotonic() + seconds)
 
     def _journal_size(self) -> int:
         try:
@@ -383,7 +438,8 @@ class MetaNode:
         for _ in range(20):
             addr = self.raft_endpoint_of(leader)
             try:
-                return wire.call_json(addr, "POST", "/v1/raft/forward", {**req, "forwarded": True})
+                return wire.call_json(addr, "POST", "/v1/raft/forward", {**req, "forwarded": True},
+                                      headers=raft_secret.outgoing_headers(self.cfg))
             except (wire.Unreachable, OSError, RuntimeError) as e:
                 last = f"forward to {addr}: {e}"
                 time.sleep(1.0)
@@ -393,15 +449,21 @@ class MetaNode:
     def _run_on_leader(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "join":
-            self._leader_join(req)
+            return {"ok": True, "catchup_s": self._leader_join(req)}
         elif op == "leave":
             self._leader_leave(int(req["node_id"]))
         else:
             raise OpError(f"unknown forward op {op!r}; valid: join, leave")
         return {"ok": True}
 
-    def _leader_join(self, req: dict[str, Any]) -> None:
-        """Add the node record, then the raft member. Idempotent: a voter is left as it is."""
+    def _leader_join(self, req: dict[str, Any]) -> float:
+        """Add the node record, then the raft member. Idempotent: a voter is left as it is.
+
+        Returns the catch-up seconds: openraft's AddVoters makes the node a voter at once (no learner phase,
+        databend-meta meta_leader.rs `join`), so it is counted while it still replays the log. The stand-in shows
+        that for data_bytes / [standin] catchup_bytes_per_s seconds: the leader's Replication entry for the node
+        lags (with ` *`), and the node's own LastApplied is behind.
+        """
         nid = int(req["node_id"])
         rec = {"name": str(nid), "endpoint": req["endpoint"],
                "grpc_api_advertise_address": req.get("grpc_api_advertise_address"),
@@ -409,12 +471,16 @@ class MetaNode:
         with self._change_lock:
             if nid in self.view.voter_ids():    # as MetaLeader::join: an id that is already a voter -> Ok
                 self.log.info(f"join: node {nid} is already a voter")
-                return
+                return 0.0
             self.log.info(f"join: adding node {nid} at {rec['raft_internal']}")
             self.replicate(self.sm.add_node, nid, rec, True)
+            catchup_s = min(600.0, self.sm.data_bytes() / max(self.cfg.timing.catchup_bytes_per_s, 1.0))
+            now = monotonic()
+            self.catchup[rec["raft_internal"]] = (now, now + catchup_s)
             if rec["raft_internal"] not in self.view.members:
                 self.change_membership("add", rec["raft_internal"])
-            self.log.info(f"join: node {nid} added")
+            self.log.info(f"join: node {nid} added; catching up for {catchup_s:.1f}s")
+            return max(0.0, now + catchup_s - monotonic())    # what is left of the window
 
     def _leader_leave(self, nid: int) -> None:
         """Remove a member (refusing the leader itself); a non-member or the last node is a silent no-op."""
@@ -435,7 +501,8 @@ class MetaNode:
         if rec is not None:
             ep = rec["endpoint"]
             try:   # best effort: tell the removed node, as if it had received the membership without itself
-                wire.call_json(f"{ep['addr']}:{ep['port']}", "POST", "/v1/raft/left", {"node_id": nid}, timeout=1.0)
+                wire.call_json(f"{ep['addr']}:{ep['port']}", "POST", "/v1/raft/left", {"node_id": nid}, timeout=1.0,
+                               headers=raft_secret.outgoing_headers(self.cfg))
             except (OSError, RuntimeError, ValueError):
                 pass
 

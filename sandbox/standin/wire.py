@@ -30,20 +30,30 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 
 def request(addr: str, method: str, path: str, body: Any = None,
-            timeout: float | None = None) -> tuple[int, str, bytes]:
+            timeout: float | None = None, headers: dict[str, str] | None = None,
+            tls: Callable[[socket.socket], socket.socket] | None = None) -> tuple[int, str, bytes]:
     """Send one HTTP/1.0 request to `addr`; return (status, reason, body bytes). Raise Unreachable if it cannot connect.
 
     A raw-socket client (not http.client): the CLIs start faster without the email/http.client imports.
+    `tls(sock)`, when given, wraps the connected socket (see client_tls); a failed TLS handshake raises OSError.
     """
     host, port = split_addr(addr)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         raise Unreachable(addr, e.strerror or str(e)) from None
+    if tls is not None:
+        try:
+            sock = tls(sock)
+        except OSError:
+            sock.close()
+            raise
     payload = b"" if body is None else json.dumps(body).encode()
     head = f"{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {len(payload)}\r\n"
     if body is not None:
         head += "Content-Type: application/json\r\n"
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n"
     chunks = []
     with sock:
         sock.sendall(head.encode() + b"\r\n" + payload)
@@ -59,9 +69,11 @@ def request(addr: str, method: str, path: str, body: Any = None,
     return int(parts[1]), parts[2] if len(parts) > 2 else "", content
 
 
-def call_json(addr: str, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+def call_json(addr: str, method: str, path: str, body: Any = None, timeout: float | None = None,
+              headers: dict[str, str] | None = None,
+              tls: Callable[[socket.socket], socket.socket] | None = None) -> Any:
     """Send a request and decode a 200 JSON reply; raise RuntimeError with the body on any other status."""
-    status, reason, data = request(addr, method, path, body, timeout)
+    status, reason, data = request(addr, method, path, body, timeout, headers, tls)
     if status != 200:
         raise RuntimeError(f"{status} {reason}: {data.decode(errors='replace')}")
     return json.loads(data) if data else None
@@ -81,19 +93,44 @@ def text_reply(text: str, status: int = 200) -> tuple[int, str, bytes]:
 
 
 def serve(addr: str, get_routes: dict[str, Handler], post_routes: dict[str, Handler] | None = None,
-          name: str = "http") -> Any:
+          name: str = "http", check: Callable[[Any, str], tuple[int, str, bytes] | None] | None = None,
+          tls_files: tuple[str, str] | None = None) -> Any:
     """Bind `addr` and serve the routes in a daemon thread; return the server (call .shutdown() to stop).
 
     Unknown path -> 404 text; a known path with another method -> 405 text. Handlers get (query, json_body).
+    `check(headers, peer "ip:port")`, when given, runs before routing: a reply triple refuses the request.
+    `tls_files` = (cert PEM, key PEM): serve TLS only (a plain client's connection is dropped after a failed
+    handshake). Raises OSError/ssl.SSLError if the files cannot be loaded.
     """
     import http.server   # imported here, not at the top: the CLI clients start faster without them
     import threading
     import urllib.parse
 
+    tls_ctx = None
+    if tls_files is not None:
+        import ssl
+        tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls_ctx.load_cert_chain(tls_files[0], tls_files[1])
+
     class _Server(http.server.ThreadingHTTPServer):
         daemon_threads = True
         allow_reuse_address = True
         request_queue_size = 64
+
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            if tls_ctx is None:
+                super().finish_request(request, client_address)
+                return
+            request.settimeout(10.0)   # the TLS handshake runs in the request thread, never in the accept loop
+            try:
+                wrapped = tls_ctx.wrap_socket(request, server_side=True)
+            except OSError:
+                return
+            wrapped.settimeout(None)
+            try:
+                super().finish_request(wrapped, client_address)
+            finally:
+                wrapped.close()
 
     post_routes = post_routes or {}
     known = set(get_routes) | set(post_routes)
@@ -114,6 +151,11 @@ def serve(addr: str, get_routes: dict[str, Handler], post_routes: dict[str, Hand
             self.wfile.write(body)
 
         def _dispatch(self, method: str) -> None:
+            if check is not None:
+                refusal = check(self.headers, "%s:%d" % self.client_address[:2])
+                if refusal is not None:
+                    self._send(*refusal)
+                    return
             url = urllib.parse.urlsplit(self.path)
             routes = get_routes if method == "GET" else post_routes if method == "POST" else {}
             handler = routes.get(url.path)
@@ -163,6 +205,14 @@ def serve(addr: str, get_routes: dict[str, Handler], post_routes: dict[str, Hand
     server = _Server((host, port), H)
     threading.Thread(target=server.serve_forever, name=f"{name}-{addr}", daemon=True).start()
     return server
+
+
+def client_tls(ca_file: str, server_name: str) -> Callable[[socket.socket], socket.socket]:
+    """A `tls=` wrapper for request(): verify the server against `ca_file` for `server_name` (a query node's
+    `rpc_tls_meta_server_root_ca_cert` / `rpc_tls_meta_service_domain_name`). Raises OSError if unreadable."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca_file)
+    return lambda sock: ctx.wrap_socket(sock, server_hostname=server_name)
 
 
 def is_port_open(addr: str, timeout: float = 0.5) -> bool:

@@ -110,7 +110,8 @@ def test_scale_down_with_approval_through_the_rest_api(pg_api: tuple[str, dict[s
     api_url, _ = pg_api
     _, voters_before = fresh_lab.meta_status("meta1")
     assert voters_before == {1, 2, 3}
-    parameters = {"cluster_block": "lab", "node_ids": [3], "require_approval": True, "approval_timeout_s": 600}
+    parameters = {"cluster_block": "lab", "node_ids": [3], "require_approval": True, "approval_timeout_s": 600,
+                  "accept_no_fault_tolerance": True}
 
     triggered = time.monotonic()
     run = rest.create_flow_run(api_url, deployed["scale-down"]["id"], parameters)

@@ -48,7 +48,7 @@ host = "127.100.0.11"
     assert "PRIVATE KEY" not in MetaCluster.load(cluster).inventory_toml
 
 
-def test_prefect_yaml_declares_the_three_deployments_with_timezoned_cron_schedules() -> None:
+def test_prefect_yaml_declares_the_deployments_with_timezoned_cron_schedules() -> None:
     specs = {s.name: s for s in load_specs()}
 
     assert tuple(specs) == DEPLOYMENT_NAMES
@@ -63,6 +63,8 @@ def test_prefect_yaml_declares_the_three_deployments_with_timezoned_cron_schedul
     (check,) = specs["cluster-check"].schedules
     assert (check.cron, check.timezone, check.active) == ("0 * * * *", "UTC", True)
     assert "read-only" in specs["cluster-check"].tags
+    sync = specs["sync-inventory"]  # writes only the inventory, after approval; never scheduled
+    assert sync.parameters["require_approval"] is True and sync.schedules == ()
     for spec in specs.values():
         assert spec.description.strip()
         assert {"inventory", "cluster_block"} <= set(spec.parameters)

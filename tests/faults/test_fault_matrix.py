@@ -170,14 +170,15 @@ def test_leader_crash_between_leader_check_and_leave_then_rerun_converges(
     leader_host = f"meta{leader}"
     wrap_task(monkeypatch, "leave_cluster", lambda: fresh_lab.crash(leader_host))
     state = scale_down(node_ids=[victim], inventory=str(inventory), verify_deadline_s=20, leave_timeout_s=20,
-                       return_state=True)
+                       accept_no_fault_tolerance=True, return_state=True)
     message = str(state.message)
     assert state.is_failed(), state
     assert "leave" in message and "rerun" in message, message
     monkeypatch.undo()
     fresh_lab.root_exec(leader_host, ["systemctl", "start", "databend-meta"])
     poll(lambda: fresh_lab.meta_status(leader_host)[0] in ("Leader", "Follower"), f"{leader_host} back in the cluster")
-    rerun = scale_down(node_ids=[victim], inventory=str(inventory), verify_deadline_s=30)
+    rerun = scale_down(node_ids=[victim], inventory=str(inventory), verify_deadline_s=30,
+                       accept_no_fault_tolerance=True)
     assert rerun.voters_after == sorted({1, 2, 3} - {victim})
     assert assert_consistent(fresh_lab, inventory) == {1, 2, 3} - {victim}
 
@@ -195,7 +196,7 @@ def test_leave_that_hangs_without_quorum_times_out_and_explains(fresh_lab: Lab, 
     wrap_task(monkeypatch, "leave_cluster", both_followers_down)
     started = time.monotonic()
     state = scale_down(node_ids=[3], inventory=str(inventory), leave_timeout_s=8, verify_deadline_s=10,
-                       return_state=True)
+                       accept_no_fault_tolerance=True, return_state=True)
     elapsed = time.monotonic() - started
     message = str(state.message)
     assert state.is_failed(), state
@@ -206,7 +207,7 @@ def test_leave_that_hangs_without_quorum_times_out_and_explains(fresh_lab: Lab, 
     for name in ("meta2", "meta3"):
         fresh_lab.root_exec(name, ["systemctl", "start", "databend-meta"])
     poll(lambda: fresh_lab.meta_status("meta2")[0] in ("Leader", "Follower"), "meta2 back in the cluster")
-    rerun = scale_down(node_ids=[3], inventory=str(inventory), verify_deadline_s=60)
+    rerun = scale_down(node_ids=[3], inventory=str(inventory), verify_deadline_s=60, accept_no_fault_tolerance=True)
     assert rerun.voters_after == [1, 2]
     assert assert_consistent(fresh_lab, inventory) == {1, 2}
 
@@ -346,7 +347,8 @@ def test_a_voter_dying_after_the_plan_stops_the_run_before_the_leave(fresh_lab: 
     right before the leave and refuses, instead of starting a leave that hangs (and could still commit later)."""
     before = snapshot(fresh_lab)
     wrap_task(monkeypatch, "check_quorum_before_leave", lambda: fresh_lab.crash("meta2"))
-    state = scale_down(node_ids=[3], inventory=str(inventory), leave_timeout_s=30, return_state=True)
+    state = scale_down(node_ids=[3], inventory=str(inventory), leave_timeout_s=30, accept_no_fault_tolerance=True,
+                       return_state=True)
     message = str(state.message)
     assert state.is_failed(), state
     assert "the cluster changed since the plan" in message and "below the quorum of 2" in message, message

@@ -95,7 +95,8 @@ def _read_back(lab: Lab, name: str) -> dict[str, str]:
 
     The list is `[[key, {"seq": n, "meta": …, "data": value}], …]`.
     """
-    proc = lab.ssh(name, "databend-meta --cmd kvapi::list --prefix load/ --grpc-api-address 127.0.0.1:9191",
+    grpc = f"{lab.host(name).ip}:9191"   # lab meta nodes bind their own IP only
+    proc = lab.ssh(name, f"databend-meta --cmd kvapi::list --prefix load/ --grpc-api-address {grpc}",
                    timeout_s=60, check=True)
     return {key: record["data"] for key, record in json.loads(proc.stdout)}
 

@@ -55,8 +55,8 @@ def test_bad_input_is_refused_before_any_change(fresh_lab: Lab, inventory: Path,
         (scale_down, {"node_ids": [2], "inventory": inv, "force": True}, "force is for a dead node"),
         (scale_down, {"node_ids": [2], "inventory": str(bad_toml)}, "invalid TOML"),
         (scale_down, {"node_ids": [2], "cluster_block": "no-such-block"}, "no-such-block"),
-        (scale_down, {"node_ids": [2], "inventory": inv, "maintenance_window": _closed_window()},
-         "outside the maintenance window"),
+        (scale_down, {"node_ids": [2], "inventory": inv, "maintenance_window": _closed_window(),
+                      "accept_no_fault_tolerance": True}, "outside the maintenance window"),
     ]
     before = _snapshot(fresh_lab)
     inventory_text = inventory.read_text()
@@ -120,7 +120,7 @@ def test_cli_status_scale_up_dry_run_and_refusal(fresh_lab: Lab, inventory: Path
     refused = _cli("scale-down", "--inventory", str(inventory), "--id", "1", "--id", "2", "--id", "3")
     assert refused.returncode == ExitCode.REFUSED and "last voter" in refused.stderr
 
-    done = _cli("scale-down", "--inventory", str(inventory), "--id", "3")
+    done = _cli("scale-down", "--inventory", str(inventory), "--id", "3", "--accept-no-fault-tolerance")
     assert done.returncode == ExitCode.OK, done.stderr
     assert load_inventory(inventory).meta_ids == [1, 2]
 
@@ -140,7 +140,7 @@ def test_scale_down_through_a_cluster_block_with_the_key_in_a_secret(fresh_lab: 
     save_key_secret("h4-lab-key", fresh_lab.key_file)
     save_cluster_block("h4-lab", Inventory.model_validate(data))
 
-    outcome = scale_down(node_ids=[3], cluster_block="h4-lab")
+    outcome = scale_down(node_ids=[3], cluster_block="h4-lab", accept_no_fault_tolerance=True)
     assert outcome.voters_after == [1, 2] and _voters(fresh_lab, "meta1") == {1, 2}
     recorded, key_text = load_cluster(cluster_block="h4-lab")
     assert recorded.meta_ids == [1, 2] and key_text is not None

@@ -179,7 +179,8 @@ def test_force_removes_a_dead_node_through_the_live_ones(fresh_lab: Lab, invento
     fresh_lab.stop_host("meta3")
     refused = scale_down(node_ids=[3], inventory=str(inventory), return_state=True)
     assert refused.is_failed() and "force=True" in str(refused.message)
-    outcome = scale_down(node_ids=[3], inventory=str(inventory), force=True, verify_deadline_s=30)
+    outcome = scale_down(node_ids=[3], inventory=str(inventory), force=True, verify_deadline_s=30,
+                         accept_no_fault_tolerance=True)
     assert outcome.voters_after == [1, 2] and outcome.skipped_steps
     assert "host dead" in outcome.message
     assert _voters(fresh_lab, "meta1") == {1, 2} and load_inventory(inventory).meta_ids == [1, 2]
@@ -251,7 +252,8 @@ def test_approval_gate(fresh_lab: Lab, inventory: Path, approve: bool) -> None:
     from prefect.flow_runs import resume_flow_run
 
     before = _snapshot(fresh_lab)
-    thread, box = _run_in_thread(scale_down, node_ids=[3], inventory=str(inventory), require_approval=True)
+    thread, box = _run_in_thread(scale_down, node_ids=[3], inventory=str(inventory), require_approval=True,
+                                 accept_no_fault_tolerance=True)
     run_id = _paused_run_id("scale-down-lab-node-3")
     assert _snapshot(fresh_lab) == before                           # paused: nothing changed yet
     resume_flow_run(run_id, run_input={"approve": approve, "reason": "test says so"})
@@ -282,6 +284,7 @@ def test_two_runs_on_one_cluster_are_serialized(fresh_lab: Lab, inventory: Path)
 def test_approval_timeout_fails_cleanly_with_nothing_changed(fresh_lab: Lab, inventory: Path) -> None:
     before = _snapshot(fresh_lab)
     state = scale_down(node_ids=[3], inventory=str(inventory), require_approval=True, approval_timeout_s=2,
+                       accept_no_fault_tolerance=True,
                        return_state=True)
     # Either the flow's PlanRefused ends the run, or Prefect's own pause timeout got there first ("never resumed")
     message = str(state.message)

@@ -43,8 +43,12 @@ def ssh_ok(lab: Lab, host: str, command: str) -> str:
 
 
 def reachable(lab: Lab, host: str) -> bool:
-    """True if `ssh host true` succeeds within a short connect timeout."""
-    return lab.ssh(host, "true", options=["-o", "ConnectTimeout=2"], timeout_s=15).returncode == 0
+    """True if `ssh host true` succeeds within a short deadline. ConnectTimeout does not bound the lab's
+    ProxyCommand (`nc`), whose connect to a cut host can wait for TCP's own timeout: that counts as unreachable."""
+    try:
+        return lab.ssh(host, "true", options=["-o", "ConnectTimeout=2"], timeout_s=8).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def other_prefix(lab: Lab) -> str:
@@ -152,14 +156,51 @@ def test_strict_host_key_checking_refuses_a_wrong_key(lab: Lab, tmp_path: Path) 
 
 
 # ---------------------------------------------------------------- the cluster and its services
-def test_meta_cluster_has_three_voters(lab: Lab) -> None:
-    out = ssh_ok(lab, "meta1", "databend-metactl status")
+def test_meta_cluster_has_three_voters(fresh_lab: Lab) -> None:
+    lab = fresh_lab
+    out = ssh_ok(lab, "meta1", "databend-metactl status --grpc-api-address 127.100.0.11:9191")
     state, voters = parse_metactl_status(out)
     assert voters == {1, 2, 3}
     assert state in ("Leader", "Follower")
+    assert lab.meta_status("meta2")[1] == {1, 2, 3}
     assert ssh_ok(lab, "spare1", "systemctl is-enabled databend-meta || true") == "disabled"
     assert lab.ssh("spare1", "systemctl is-active databend-meta").returncode == 3
     assert ssh_ok(lab, "query1", "systemctl is-active databend-query") == "active"
+
+
+def test_baseline_meta_configs_bind_own_ip_with_a_strict_raft_secret(fresh_lab: Lab) -> None:
+    """Every meta host: own IP in every address key, join = the other nodes, the lab's secret, strict on (file
+    root:databend 640); the lab's secret file is private; spares keep the packaged file; the preloaded keys."""
+    lab = fresh_lab
+    secret = lab.raft_secret
+    assert len(secret) >= 20 and (lab.directory / "raft_secret").stat().st_mode & 0o777 == 0o600
+    ips = {n: lab.host(n).ip for n in ("meta1", "meta2", "meta3")}
+    for name, ip in ips.items():
+        doc = tomllib.loads(ssh_ok(lab, name, "sudo -n cat /etc/databend/databend-meta.toml"))
+        assert ssh_ok(lab, name, "stat -c '%U:%G %a' /etc/databend/databend-meta.toml") == "root:databend 640"
+        raft = doc["raft_config"]
+        assert (doc["admin_api_address"], doc["grpc_api_address"], doc["grpc_api_advertise_host"]) == (
+            f"{ip}:28002", f"{ip}:9191", ip)
+        assert (raft["raft_listen_host"], raft["raft_advertise_host"]) == (ip, ip)
+        assert raft["raft_secret"] == secret and raft["raft_accepted_secrets"] == [secret]
+        assert raft["raft_secret_strict"] is True
+        if name == "meta1":
+            assert raft["single"] is True and "join" not in raft
+        else:
+            assert raft["join"] == [f"{ips[o]}:28004" for o in ips if o != name]
+        # binds its own IP only: the loopback default that metactl uses is refused
+        refused = lab.ssh(name, "cd /tmp && databend-metactl status")
+        assert refused.returncode == 1 and "cannot connect to http://127.0.0.1:9191" in refused.stderr
+    spare = ssh_ok(lab, "spare1", "cat /etc/databend/databend-meta.toml")
+    from sandbox.standin.packaged import PACKAGED_META_TOML
+    assert spare + "\n" == PACKAGED_META_TOML and ssh_ok(lab, "spare1", "sudo -n ls -A /var/lib/databend/raft") == ""
+    query = tomllib.loads(ssh_ok(lab, "query1", "cat /etc/databend/databend-query.toml"))
+    assert query["meta"]["endpoints"] == [f"{ip}:9191" for ip in ips.values()]
+    keys = ssh_ok(lab, "meta2", "curl -sf http://127.100.0.12:28002/v1/cluster/status")
+    assert json.loads(keys)["snapshot_key_count"] >= 2000
+    for name in ("meta1", "meta2", "meta3", "spare1", "query1"):
+        assert secret not in lab.ssh(name, "sudo -n journalctl --no-pager -o cat; "
+                                           "curl -s http://%s:28002/v1/config" % lab.host(name).ip).stdout
 
 
 def test_systemctl_stops_and_starts_databend_meta_and_journal_records_it(fresh_lab: Lab) -> None:
@@ -193,7 +234,7 @@ def test_cut_makes_a_host_unreachable_and_heal_restores_it(lab: Lab) -> None:
         assert ssh_ok(lab, "spare1", probe) == "closed"
     finally:
         lab.heal("spare2")
-    wait_for(lambda: reachable(lab, "spare2"), 10, "spare2 to answer SSH after heal")
+    wait_for(lambda: reachable(lab, "spare2"), 30, "spare2 to answer SSH after heal")
 
 
 def test_stop_host_powers_off_and_start_host_boots_the_same_disk(lab: Lab) -> None:
@@ -210,16 +251,18 @@ def test_stop_host_powers_off_and_start_host_boots_the_same_disk(lab: Lab) -> No
 
 
 def test_reset_restores_the_baseline_cluster(lab: Lab) -> None:
-    baseline = ssh_ok(lab, "meta2", "cat /etc/databend/databend-meta.toml")
+    baseline = ssh_ok(lab, "meta2", "sudo -n cat /etc/databend/databend-meta.toml")
     ssh_ok(lab, "meta2", "echo '# edited' | sudo -n tee -a /etc/databend/databend-meta.toml >/dev/null")
     ssh_ok(lab, "meta2", "sudo -n cp /etc/databend/databend-meta.toml /etc/databend/databend-meta.toml.bak.1")
     ssh_ok(lab, "meta3", "sudo -n systemctl stop databend-meta")
     lab.cut("query2")
     lab.stop_host("spare2")
     seconds = lab.reset()
-    assert ssh_ok(lab, "meta2", "cat /etc/databend/databend-meta.toml") == baseline
+    assert ssh_ok(lab, "meta2", "sudo -n cat /etc/databend/databend-meta.toml") == baseline
+    assert ssh_ok(lab, "meta2", "stat -c '%U:%G %a' /etc/databend/databend-meta.toml") == "root:databend 640"
     assert ssh_ok(lab, "meta2", "ls /etc/databend") == "databend-meta.toml"
-    assert parse_metactl_status(ssh_ok(lab, "meta3", "databend-metactl status"))[1] == {1, 2, 3}
+    assert parse_metactl_status(ssh_ok(lab, "meta3", "databend-metactl status --grpc-api-address "
+                                           "127.100.0.13:9191"))[1] == {1, 2, 3}
     assert reachable(lab, "query2") and reachable(lab, "spare2")
     print(f"reset took {seconds:.1f} s")
 
@@ -298,7 +341,8 @@ def test_second_lab_runs_beside_and_down_leaves_nothing(tmp_path: Path, lab: Lab
     try:
         assert other.ssh("meta1", "hostname").stdout.strip() == "meta1"
         assert reachable(lab, "meta1")
-        assert parse_metactl_status(other.ssh("meta1", "databend-metactl status").stdout)[1] == {1}
+        assert parse_metactl_status(other.ssh("meta1", "databend-metactl status --grpc-api-address "
+                                              "127.100.0.11:9191").stdout)[1] == {1}
     finally:
         other.down()
     wait_for(lambda: not leftovers(other.prefix, other.directory), 10,
@@ -326,7 +370,7 @@ def test_cli_status_and_faults(lab: Lab) -> None:
         assert not reachable(lab, "query2")
     finally:
         assert run_cli(lab, "fault", "heal", "query2").returncode == 0
-    wait_for(lambda: reachable(lab, "query2"), 10, "query2 to answer SSH after `fault heal`")
+    wait_for(lambda: reachable(lab, "query2"), 30, "query2 to answer SSH after `fault heal`")
     idle = run_cli(lab, "fault", "crash", "spare1")
     assert (idle.returncode, idle.stderr.strip()) == (
         1, "error: spare1: databend-meta is not running (MainPID 0); nothing to crash")

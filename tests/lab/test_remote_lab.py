@@ -157,6 +157,7 @@ def test_timeout_fires_and_the_remote_command_is_killed(pool: SshPool, inventory
         assert time.monotonic() < deadline, "the timed-out command is still running on the host"
         time.sleep(0.1)
     assert remote.run(["true"]).ok  # the connection is still usable
+    assert remote.host not in pool.wedged, "OpenSSH answered the keepalive: a slow command keeps its connection"
 
 
 def test_dropped_connection_reconnects_once_and_counts_it(pool: SshPool, inventory: Inventory) -> None:

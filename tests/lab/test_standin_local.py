@@ -75,16 +75,22 @@ class LocalCluster:
         return f"{self.ip(n)}:28002"
 
     def write_config(self, n: int, *, node_id: int | None = None, single: bool = False,
-                     join: list[int] | None = None, extra: str = "") -> Path:
-        """Write node n's TOML (listen = advertise = its own IP) and return its path."""
+                     join: list[int] | None = None, extra: str = "", advertise: str | None = "",
+                     raft_extra: str = "") -> Path:
+        """Write node n's TOML (listen = advertise = its own IP) and return its path.
+
+        `advertise`: grpc_api_advertise_host ("" = the node's IP, None = the key left out); `raft_extra`: lines
+        appended to [raft_config]."""
         ip = self.ip(n)
+        adv = "" if advertise is None else f'grpc_api_advertise_host = "{advertise or ip}"'
+
         mode = "single = true" if single else f"join = {json.dumps([self.raft(j) for j in join or []])}"
         if not single and not join:
             mode = ""
         path = self.tmp / f"n{n}.toml"
         path.write_text(f'''admin_api_address = "{ip}:28002"
 grpc_api_address = "{ip}:9191"
-grpc_api_advertise_host = "{ip}"
+{adv}
 {extra}
 [log.file]
 dir = "{self.tmp}/log{n}"
@@ -97,7 +103,7 @@ raft_listen_host = "{ip}"
 raft_advertise_host = "{ip}"
 cluster_name = "local"
 {mode}
-''')
+{raft_extra}''')
         return path
 
     def start(self, n: int, **kw: Any) -> subprocess.Popen[str]:
@@ -589,10 +595,346 @@ def test_rendered_configs() -> None:
     raft = doc["raft_config"]
     assert (raft["id"], raft["raft_advertise_host"], doc["grpc_api_advertise_host"]) == (2, "127.100.0.12", "127.100.0.12")
     assert "single" not in raft and raft["join"] == ["127.100.0.11:28004", "127.100.0.12:28004"]
-    assert "# single        = true" in text and "# NOTE: `single` and `join` are mutually exclusive" in text
+    assert "# single        = true" in text and "# NOTE: uncomment this line after the first run." in text
+    assert (doc["admin_api_address"], doc["grpc_api_address"], raft["raft_listen_host"]) == (
+        "127.100.0.12:28002", "127.100.0.12:9191", "127.100.0.12")
+    with pytest.raises(ValueError, match="not an IPv4 address"):
+        install.render_meta_config(2, "meta2", False, ["127.100.0.11:28004"])
     first = tomllib.loads(install.render_meta_config(1, "127.100.0.11", True, []))["raft_config"]
     assert first["single"] is True and "join" not in first
     q = tomllib.loads(install.render_query_config(["127.100.0.11:9191", "127.100.0.12:9191"]))
     assert q["meta"]["endpoints"] == ["127.100.0.11:9191", "127.100.0.12:9191"]
     with pytest.raises(ValueError, match="meta_grpc_endpoints"):
         install.render_query_config([])
+
+
+# ----- issue #9 item 5: an older databend-meta release (sandbox/standin/version.py) -----------------------------------
+def _run_as(c: LocalCluster, release: str, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run databend-meta/metactl once as release `release` ("" = the newest)."""
+    env = {**c.env, "DATABEND_STANDIN_VERSION": release}
+    return subprocess.run([sys.executable, "-m", f"standin.{program}", *args], capture_output=True, text=True,
+                          timeout=30, cwd=c.tmp, env=env)
+
+
+def test_cmd_ver_follows_the_installed_release(cluster: LocalCluster) -> None:
+    c = cluster
+    assert _run_as(c, "1.2.500", "meta", "--cmd", "ver").stdout.splitlines() == [
+        "version: 1.2.500-nightly", "min-compatible-client-version: 0.9.41",
+        "data-version: V002(2023-07-22: Store snapshot in a file)"]
+    assert _run_as(c, "v1.2.600-nightly", "meta", "--cmd", "ver").stdout.splitlines()[::2] == [
+        "version: 1.2.600-nightly", "data-version: V003(2024-05-31: Store snapshot in rotbl)"]
+    assert _run_as(c, "", "meta", "--cmd", "ver").stdout.splitlines() == [
+        "version: 1.2.934-nightly", "min-compatible-client-version: 1.2.676",
+        "data-version: V004(2024-11-11: WAL based raft-log)"]
+    r = _run_as(c, "2.0.1", "meta", "--cmd", "ver")
+    assert r.returncode == 1 and r.stderr.startswith("Error: stand-in version '2.0.1' is not valid: use 1.2.N")
+
+
+def test_old_release_metactl_flag_form_and_formats(cluster: LocalCluster) -> None:
+    """v1.2.500: `status`/`transfer-leader` are clap usage errors; `--status` prints the v1.2.468-611 lines with
+    openraft 0.9 LogIds; the server reports its own BinaryVersion/DataVersion. Newer clients print their formats."""
+    c = cluster
+    c.env = {**c.env, "DATABEND_STANDIN_VERSION": "1.2.500"}
+    c.start(1, single=True)
+    c.wait_started(1)
+    assert "Version: v1.2.500-nightly-standin" in c.output(1).splitlines()
+    for words in (["status"], ["transfer-leader", "--to", "2"], ["status", "--grpc-api-address", c.grpc(1)]):
+        r = _run_as(c, "1.2.500", "metactl", *words)
+        assert (r.returncode, r.stdout) == (2, "")
+        assert r.stderr.startswith(f"error: unexpected argument '{words[0]}' found\n\nUsage: databend-metactl [OPTIONS]")
+    r = _run_as(c, "1.2.500", "metactl", "--status", "--grpc-api-address", c.grpc(1))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    patterns = [r"BinaryVersion: v1\.2\.500-nightly-standin", r"DataVersion: V002", r"DBSize: \d+", r"KeyNumber: \d+",
+                rf"Node: id=1 raft={c.raft(1)}", r"State: Leader", rf"Leader: id=1 raft={c.raft(1)} grpc={c.grpc(1)}",
+                r"CurrentTerm: \d+", r"LastSeq: \d+", r"LastLogIndex: \d+", r"LastApplied: \d+-1-\d+",
+                "Replication:", r"  - \[1\] \d+-1-\d+", "Voters:", rf"  - id=1 raft={c.raft(1)} grpc={c.grpc(1)}"]
+    for pattern, line in zip(patterns, lines, strict=True):
+        assert re.fullmatch(pattern, line), f"{line!r} !~ {pattern!r}"
+    r = _run_as(c, "1.2.400", "metactl", "--status", "--grpc-api-address", c.grpc(1))
+    assert r.returncode == 0 and "KeyNumber:" not in r.stdout and "DBSize: " in r.stdout, "no KeyNumber before 468"
+    r = _run_as(c, "1.2.650", "metactl", "status", "--grpc-api-address", c.grpc(1))    # 612-657: subcommand, DBSize
+    assert r.returncode == 0 and [ln.split(":")[0] for ln in r.stdout.splitlines()[2:4]] == ["DBSize", "KeyNumber"]
+    assert "RaftLog:" not in r.stdout
+    r = _run_as(c, "1.2.650", "metactl", "member-list")
+    assert r.returncode == 2 and r.stderr.startswith("error: unrecognized subcommand 'member-list'")
+    r = _run_as(c, "", "metactl", "--status", "--grpc-api-address", c.grpc(1))
+    assert r.returncode == 2 and r.stderr.startswith("error: unexpected argument '--status' found"), r.stderr
+    r = _run_as(c, "", "metactl", "status", "--grpc-api-address", c.grpc(1))
+    assert r.returncode == 0 and "RaftLog:" in r.stdout.splitlines() and re.search(
+        r"^LastApplied: \d+-1-\d+$", r.stdout, re.M), "the LogId text is the server's (v1.2.500: openraft 0.9)"
+
+
+# ----- issue #9 item 6: TLS on the gRPC API -----------------------------------------------------------------------------
+def _self_signed(tmp: Path, ip: str) -> tuple[Path, Path]:
+    key, crt = tmp / "grpc.key", tmp / "grpc.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", f"subjectAltName=DNS:localhost,IP:{ip}"],
+                   check=True, capture_output=True, timeout=60)
+    return crt, key
+
+
+def test_grpc_tls_refuses_plain_metactl_admin_api_and_raft_still_work(cluster: LocalCluster) -> None:
+    import ssl
+    c = cluster
+    crt, key = _self_signed(c.tmp, c.ip(1))
+    c.start(1, single=True, extra=f'grpc_tls_server_cert = "{crt}"\ngrpc_tls_server_key = "{key}"')
+    c.wait_started(1)
+    r = c.run("metactl", "status", "--grpc-api-address", c.grpc(1))
+    assert (r.returncode, r.stdout) == (1, "") and r.stderr.startswith("Error: ") and "transport error" in r.stderr
+    assert c.status(1)["state"] == "Leader", "the admin HTTP API still answers in plain HTTP"
+    ctx = ssl.create_default_context(cafile=str(crt))
+    with urllib.request.urlopen(f"https://{c.grpc(1)}/v1/grpc/status", context=ctx, timeout=5) as resp:
+        assert json.loads(resp.read())["id"] == 1, "the gRPC port serves TLS with the configured certificate"
+    c.start(2, join=[1])                       # raft is a separate port: a plain node joins the TLS node's cluster
+    c.wait_started(2)
+    c.wait_voters({1, 2}, (1, 2))
+    plain = _query_cfg(c, "plain", 5, [c.grpc(1)], 0)
+    r = c.run("query", "--config-file", str(plain))
+    assert r.returncode == 1 and "none is a live databend-meta node" in r.stderr
+    q = _start_query(c, "tls", 5, [c.grpc(1)], 0,
+                     extra=f'rpc_tls_meta_server_root_ca_cert = "{crt}"\nrpc_tls_meta_service_domain_name = "localhost"')
+    assert q["current"] == c.grpc(1)
+
+
+# ----- issue #9 item 8: when query nodes see a membership change --------------------------------------------------------
+def _query_cfg(c: LocalCluster, name: str, n: int, endpoints: list[str], interval: Any, extra: str = "") -> Path:
+    """A databend-query config whose admin API is on 127.0.0.<base+n>:8080."""
+    path = c.tmp / f"query-{name}.toml"
+    path.write_text(f'[query]\nadmin_api_address = "{c.ip(n)}:8080"\n[log.file]\ndir = "{c.tmp}/qlog-{name}"\n'
+                    f"[meta]\nendpoints = {json.dumps(endpoints)}\nclient_timeout_in_second = 2\n"
+                    f"auto_sync_interval = {json.dumps(interval)}\n{extra}\n")
+    return path
+
+
+def _endpoints(c: LocalCluster, n: int) -> dict[str, Any]:
+    code, _, body = http_get(f"{c.ip(n)}:8080", "/v1/meta/endpoints")
+    assert code == 200, body
+    return json.loads(body)
+
+
+def _start_query(c: LocalCluster, name: str, n: int, endpoints: list[str], interval: Any,
+                 extra: str = "") -> dict[str, Any]:
+    """Start a query stand-in, wait for its admin API; return its first /v1/meta/endpoints."""
+    q = subprocess.Popen([sys.executable, "-m", "standin.query", "--config-file",
+                          str(_query_cfg(c, name, n, endpoints, interval, extra))],
+                         cwd=c.tmp, env=c.env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    c.clients.append(q)
+    return wait_for(f"query {name} admin API", lambda: q.poll() is None and _endpoints(c, n), 10)
+
+
+def test_query_follows_membership_only_with_auto_sync_and_restarts_from_config(cluster3: LocalCluster) -> None:
+    c = cluster3
+    every = sorted(c.grpc(i) for i in (1, 2, 3))
+    first = _start_query(c, "sync", 4, [c.grpc(2)], 1)
+    assert (first["endpoints"], first["configured"], first["current"]) == ([c.grpc(2)], [c.grpc(2)], c.grpc(2))
+    _start_query(c, "nosync", 5, [c.grpc(2)], 0)
+    wait_for("the syncing query to list every meta node", lambda: _endpoints(c, 4)["endpoints"] == every, 10)
+    c.start(4, join=[1])                      # scale up: the syncing query picks node 4 up at its next sync
+    c.wait_started(4)
+    wait_for("node 4 in the synced list", lambda: c.grpc(4) in _endpoints(c, 4)["endpoints"], 10)
+    assert _endpoints(c, 4)["syncs"] >= 2
+    still = _endpoints(c, 5)
+    assert (still["endpoints"], still["syncs"], still["auto_sync_interval"]) == ([c.grpc(2)], 0, 0), \
+        "auto_sync_interval = 0: the list stays what the config said"
+    c.clients[0].send_signal(signal.SIGHUP)   # systemctl reload = shutdown
+    assert c.clients[0].wait(10) == 0
+    again = _start_query(c, "sync", 4, [c.grpc(2)], 1)
+    assert again["endpoints"] == [c.grpc(2)] and again["syncs"] == 0, "a restart starts from the config again"
+    r = c.run("query", "--config-file", str(_query_cfg(c, "float", 4, [c.grpc(2)], 0.5)))
+    assert r.returncode == 1 and "auto_sync_interval 0.5" in r.stderr
+
+
+def test_query_sync_majority_rule_and_unreachable_advertise_host(cluster: LocalCluster) -> None:
+    """No grpc_api_advertise_host: MemberList [""] is no majority, the list is kept. Advertised `localhost` (the
+    packaged value): the list is replaced by an address the query host cannot reach, and every later sync fails."""
+    c = cluster
+    c.start(1, single=True, advertise=None)
+    c.start(2, single=True, advertise="localhost")
+    c.wait_started(1)
+    c.wait_started(2)
+    _start_query(c, "unset", 4, [c.grpc(1)], 1)
+    _start_query(c, "localhost", 5, [c.grpc(2)], 1)
+    kept = wait_for("a sync on the query of node 1", lambda: (e := _endpoints(c, 4))["syncs"] >= 1 and e, 10)
+    assert kept["endpoints"] == [c.grpc(1)] and kept["last_sync"]["received"] == [""]
+    assert kept["last_sync"]["replaced"] is False
+    lost = wait_for("a failed sync after adopting localhost",
+                    lambda: (e := _endpoints(c, 5))["last_sync"] and e["last_sync"]["ok"] is False and e, 10)
+    assert lost["endpoints"] == ["localhost:9191"] and lost["current"] is None
+
+
+# ----- issue #9 items 2, 3, 4, 9: raft secret, bind addresses, catch-up, packaged files --------------------------------
+SECRET = "local-s3cr3t-value"
+STRICT = f'raft_secret = "{SECRET}"\nraft_accepted_secrets = ["{SECRET}"]\nraft_secret_strict = true\n'
+
+
+def test_strict_raft_secret_refuses_raft_requests_without_it(cluster: LocalCluster) -> None:
+    """databend-meta 260629 raft_secret.rs: a strict node refuses a raft request without an accepted secret; a leave
+    gets the secret from --config-file (or --raft-secret) and logs to that config's log dir; nothing prints it."""
+    c = cluster
+    c.start(1, single=True, raft_extra=STRICT)
+    c.wait_started(1)
+    c.start(2, join=[1], raft_extra=STRICT)
+    c.wait_started(2)
+    c.wait_voters({1, 2}, (1, 2))
+    joiner = c.start(3, join=[1])                       # no secret: its join is refused
+    assert joiner.wait(60) == 1
+    err = joiner.stderr.read()
+    assert err.startswith(f'Error: fail to join node-3 to cluster via ["{c.raft(1)}"], errors: ')
+    assert "status: Unauthenticated" in err and "raft secret is missing: from:127.0.0." in err
+    r = c.run("meta", "--leave-id", "2", "--leave-via", c.raft(1))
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr.startswith(
+        f'Error: fail to leave 2 cluster via ["{c.raft(1)}"], caused by errors: tonic::status::Status: '
+        'status: Unauthenticated, message: "raft secret is missing: from:127.0.0.'), r.stderr
+    assert r.stderr.rstrip().endswith(f"while: leave 2 via: {c.raft(1)}")
+    r = c.run("meta", "--raft-secret", "wrong-one", "--leave-id", "2", "--leave-via", c.raft(1))
+    assert r.returncode == 1 and "raft secret is unaccepted: from:" in r.stderr and "wrong-one" not in r.stderr
+    assert c.voters_of(1) == {1, 2}, "a refused leave changed nothing"
+    r = c.run("meta", "--config-file", str(c.tmp / "n2.toml"), "--leave-id", "2", "--leave-via", c.raft(1))
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    c.wait_voters({1}, (1,))
+    logs = "".join(p.read_text() for p in (c.tmp / "log2").glob("databend-meta-2@local-*.log"))
+    assert "leave cluster: leave_id=2" in logs and "node 2 has left cluster" in logs
+    r = c.run("meta", "--raft-secret", SECRET, "--leave-id", "9", "--leave-via", c.raft(1))
+    assert (r.returncode, r.stderr) == (0, ""), "the upstream --raft-secret flag works too"
+    code, _, config_text = http_get(c.admin(1), "/v1/config")
+    assert code == 200 and "raft_secret=***" in config_text and "raft_accepted_secrets=[***]" in config_text
+    printed = config_text + c.output(1) + c.output(2) + logs + err
+    printed += "".join(p.read_text() for p in (c.tmp / "log1").glob("*.log"))
+    assert SECRET not in printed
+
+
+def test_permissive_node_accepts_requests_without_the_secret(cluster: LocalCluster) -> None:
+    """raft_secret_strict off (the default): a missing secret passes, with a rate-limited warning."""
+    c = cluster
+    c.start(1, single=True, raft_extra=f'raft_secret = "{SECRET}"\nraft_accepted_secrets = ["{SECRET}"]\n')
+    c.wait_started(1)
+    c.start(2, join=[1])
+    c.wait_started(2)
+    c.wait_voters({1, 2}, (1, 2))
+    out = c.output(1)
+    assert "raft secret is missing: from:" in out and "accepted because `raft_secret_strict` is off" in out
+
+
+def test_config_check_of_the_raft_secret_options(cluster: LocalCluster) -> None:
+    """RaftConfig::check (databend-meta raft-store config.rs), in upstream's order and words."""
+    c = cluster
+    cases = [
+        ("raft_secret_strict = true\n", "Error: `raft_secret_strict` is enabled but `raft_accepted_secrets` is "
+                                        "empty: the node would reject every incoming raft RPC"),
+        ('raft_secret = ""\n', "Error: `raft_secret` must not be empty"),
+        ('raft_accepted_secrets = ["a", ""]\n', "Error: `raft_accepted_secrets` must not contain an empty secret"),
+    ]
+    for raft_extra, expected in cases:
+        r = c.run("meta", "--config-file", str(c.write_config(1, single=True, raft_extra=raft_extra)))
+        assert (r.returncode, r.stderr.strip(), r.stdout) == (1, expected, "")
+    r = c.run("meta", "--leave-via", c.raft(1))
+    assert (r.returncode, r.stderr.strip()) == (1, "Error: `leave_via` is set but `leave_id` is not: "
+                                                   "the node to remove from the cluster is unknown")
+    # leaving skips the cluster checks: a config with neither single nor join is fine for --leave-id
+    r = c.run("meta", "--config-file", str(c.write_config(2)), "--leave-id", "2", "--leave-via", c.raft(5))
+    assert r.returncode == 1 and r.stderr.startswith("Error: fail to leave 2 cluster via")
+
+
+@pytest.mark.parametrize("key,expected", [("grpc_api_address", "Databend meta service error"),
+                                          ("admin_api_address", "Failed to start http server")])
+def test_host_name_in_an_api_address_fails_at_start(cluster: LocalCluster, key: str, expected: str) -> None:
+    """Both addresses are parsed as SocketAddr (IP literal): a host name panics the start (exit 101)."""
+    c = cluster
+    path = c.write_config(1, single=True)
+    text = path.read_text()
+    path.write_text(text.replace(f'{key} = "{c.ip(1)}:', f'{key} = "localhost:'))
+    assert path.read_text() != text
+    r = c.run("meta", "--config-file", str(path))
+    assert r.returncode == 101, r.stderr
+    assert f"{expected}: BadAddressFormat" in r.stderr and "invalid socket address syntax" in r.stderr
+    assert "Databend Metasrv started" not in r.stdout
+
+
+def test_api_servers_bind_exactly_the_configured_ip(cluster: LocalCluster) -> None:
+    import socket
+    c = cluster
+    c.start(1, single=True)
+    c.wait_started(1)
+    other = c.ip(5)                                         # same block, nothing binds it
+    for port in (9191, 28002, 28004):
+        with socket.create_connection((c.ip(1), port), timeout=2):
+            pass
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((other, port), timeout=2)
+
+
+def test_catch_up_after_join_shows_in_replication(cluster: LocalCluster) -> None:
+    """A joined node is a voter at once but lags for data_bytes / catchup_bytes_per_s: the leader's Replication line
+    for it ends in ` *` and its own LastApplied is lower; then both match."""
+    c = cluster
+    c.start(1, single=True, extra="[standin]\ncatchup_bytes_per_s = 20000\n")
+    c.wait_started(1)
+    puts = [[f"k/{i:05d}", "x" * 40] for i in range(600)]
+    req = urllib.request.Request(f"http://{c.grpc(1)}/v1/grpc/kv/transaction", method="POST",
+                                 data=json.dumps({"puts": puts}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert json.loads(resp.read())["applied"] == 600
+    c.start(2, join=[1])
+
+    def lagging() -> tuple[str, str] | None:
+        text = c.metactl_status(1)
+        line = next((ln for ln in text.splitlines() if ln.startswith("  - [2] ")), "")
+        return (line, text) if line.endswith(" *") and "  - id=2 " in text else None
+
+    line, leader_text = wait_for("node 2 a voter and behind in the leader's Replication", lagging, 20, 0.02)
+    applied = re.search(r"^LastApplied: (\S+)$", leader_text, re.M).group(1)
+    assert line.split()[2] != applied
+    st = c.status(1)
+    assert st["replication"]["2"]["index"] < st["last_applied"]["index"]
+    assert c.status(2)["last_applied"]["index"] < st["last_applied"]["index"], "the new node's own LastApplied lags"
+
+    def caught_up() -> bool:
+        text = c.metactl_status(1)
+        applied = re.search(r"^LastApplied: (\S+)$", text, re.M).group(1)
+        return f"  - [2] {applied}" in text.splitlines()
+
+    wait_for("node 2 caught up in the leader's Replication", caught_up, 20)
+    wait_for("node 2's own LastApplied caught up",
+             lambda: c.status(2)["last_applied"]["index"] >= c.status(1)["last_applied"]["index"] - 1, 10)
+
+
+def _shape(text: str) -> str:
+    """One character per line: `.` blank, `#` comment, `s` section header, `k` key."""
+    return "".join("." if not ln.strip() else "#" if ln.startswith("#") else "s" if ln.startswith("[") else "k"
+                   for ln in text.splitlines())
+
+
+def test_packaged_configs_keep_upstream_layout() -> None:
+    """databend scripts/distribution/configs/*.toml at 43b24ec040: lines, comments and blank lines in place."""
+    import tomllib
+    sys.path.insert(0, str(REPO))
+    from sandbox.standin import install, packaged
+    meta = packaged.PACKAGED_META_TOML
+    assert _shape(meta) == "##.kk###k.s.skkk.s#kkk.##k#k.##k.####"
+    lines = meta.splitlines()
+    assert lines[5] == "# NOTE: change this to the ip address reachable from databend-query."
+    assert lines[17:19] == ["[raft_config]", "# NOTE: change this to the id of the node."]
+    assert lines[26:28] == ["# NOTE: change this to the ip address or hostname reachable from other databend-meta "
+                            "nodes.", 'raft_advertise_host = "localhost"']
+    assert lines[30:32] == ["# NOTE: comment out this line after the first run.", "single        = true"]
+    assert lines[-2:] == ["# NOTE: uncomment this line after the first run.", '# join          = ["127.0.0.1:28004"]']
+    assert list(tomllib.loads(meta)) == ["admin_api_address", "grpc_api_address", "grpc_api_advertise_host", "log",
+                                         "raft_config"]
+    query = packaged.PACKAGED_QUERY_TOML
+    assert _shape(query) == ("##.skk.#k.#k.#k.#kk.#.#kk.#kk.kk..#.###.#####.#####..s.skkk.s#kkkkk.#s#k.##sk.#######"
+                             ".######.#####.######.######.###.###.#s#####k.######.#.s#k#k")
+    q = tomllib.loads(query)
+    assert list(q) == ["query", "log", "meta", "storage", "cache"]
+    assert q["query"]["flight_api_address"] == "0.0.0.0:9090" and q["meta"]["endpoints"] == ["0.0.0.0:9191"]
+    assert "# [storage.s3]" in query.splitlines() and "# [[query.users]]" in query.splitlines()
+    # rendering changes values only: the same lines in the same places (plus the appended secret block)
+    rendered = install.render_meta_config(2, "127.100.0.12", False, ["127.100.0.11:28004"], raft_secret="abc")
+    head = rendered.splitlines()[:len(lines)]
+    assert _shape("\n".join(head)) == "##.kk###k.s.skkk.s#kkk.##k#k.###.###k"   # `single` commented, `join` set
+    assert [a for a, b in zip(head, lines) if a.startswith("#") and a != b] == ["# single        = true"]
+    assert head[-1] == 'join          = ["127.100.0.11:28004"]'
+    assert tomllib.loads(rendered)["raft_config"]["raft_secret_strict"] is True
+    assert _shape(install.render_query_config(["127.100.0.11:9191"])) == _shape(query)

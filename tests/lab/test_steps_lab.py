@@ -103,7 +103,9 @@ def test_scale_down_node_3_as_the_runbook_says(fresh_lab, pool: SshPool, invento
         assert steps.update_join(pool.remote(node), after, node, after.join_addresses()).changed
         assert not steps.update_join(pool.remote(node), after, node, after.join_addresses()).changed
         text = pool.remote(node).read_text(inventory.paths.meta_config)
-        assert config.read_join(text) == after.join_addresses() and not config.read_single(text)
+        # the lab's nodes listen on their own IP, so their own address is left out (databend-meta refuses it)
+        assert config.read_join(text) == [a for a in after.join_addresses() if a != node.raft_addr]
+        assert not config.read_single(text)
     # 9: query nodes' endpoints
     for query in inventory.query_nodes:
         result = steps.update_query_meta_endpoints(pool.remote(query), after, query, after.meta_endpoints())

@@ -161,18 +161,16 @@ def test_every_remote_command_is_the_quoted_argv(secured_runs: dict[str, Any]) -
 
 
 def test_admin_api_is_only_reached_on_the_node_itself(secured_runs: dict[str, Any]) -> None:
-    inventory = secured_runs["inventory"]
-    for node in inventory.meta_nodes:
-        assert node.admin_addr.startswith("127.0.0.1:"), node.admin_addr
     admin_uses = [(host, argv) for host, argv, _ in secured_runs["commands"]
                   if "transfer-leader" in argv or any("28002" in a or "admin-api" in a for a in argv)]
-    assert admin_uses, "the scale-down of the leader sent no transfer-leader"
+    transfers = [(host, argv) for host, argv in admin_uses if "transfer-leader" in argv]
+    assert transfers, "the scale-down of the leader sent no transfer-leader"
     leader_host = f"127.100.0.{10 + secured_runs['leader']}"
-    for host, argv in admin_uses:
-        assert host == leader_host, f"admin API used from {host}, not on the leader {leader_host}: {argv}"
+    assert all(host == leader_host for host, _ in transfers), transfers
+    for host, argv in admin_uses:  # the admin address the node's own config binds, asked on that node only
         for arg in argv:
             if ":28002" in arg:
-                assert arg.endswith("127.0.0.1:28002") or arg == "127.0.0.1:28002", argv
+                assert f"{host}:28002" in arg, f"admin API of another node asked from {host}: {argv}"
 
 
 # ------------------------------------------------------------------------------------------ host keys

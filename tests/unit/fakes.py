@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from metascale.errors import RemoteCommandError, RemoteTimeout
 from metascale.inventory import MetaNode, QueryNode
@@ -28,6 +29,11 @@ class FakeRemote:
     sudo_commands: list[list[str]] = field(default_factory=list)
     writes: list[tuple[str, str]] = field(default_factory=list)
     cwds: list[str | None] = field(default_factory=list)
+    sudo_users: list[str | None] = field(default_factory=list)
+    cache: dict[tuple[str, str], Any] = field(default_factory=dict)
+    tmpdir: str = "/tmp/metascale.fAkE000001"
+    tmpdirs_made: int = 0
+    reads: list[str] = field(default_factory=list)
 
     def on(self, prefix: Sequence[str], exit_code: int = 0, stdout: str = "", stderr: str = "",
            timeout: bool = False) -> None:
@@ -48,11 +54,12 @@ class FakeRemote:
 
     # ---- Remote protocol ------------------------------------------------------------------------------------
     def run(self, argv: Sequence[str], *, sudo: bool = False, timeout_s: float | None = None, check: bool = True,
-            cwd: str | None = None) -> CommandResult:
+            cwd: str | None = None, sudo_user: str | None = None) -> CommandResult:
         argv = list(argv)
         assert all(isinstance(a, str) for a in argv), argv
         self.commands.append(argv)
         self.cwds.append(cwd)
+        self.sudo_users.append(sudo_user)
         if sudo:
             self.sudo_commands.append(argv)
         command = shlex.join(argv)
@@ -65,12 +72,21 @@ class FakeRemote:
             raise RemoteCommandError(self.host, command, code, err)
         return result
 
+    def private_tmpdir(self) -> str:
+        """The connection's private directory (``mktemp -d`` on a real host; counted, not logged as a command)."""
+        if not self.tmpdirs_made:
+            self.tmpdirs_made = 1
+        return self.tmpdir
+
     def read_text(self, path: str) -> str:
+        self.reads.append(path)
         if path not in self.files:
             raise RemoteCommandError(self.host, f"read {path}", None, f"{path}: No such file or directory")
         return self.files[path]
 
     def write_text_atomic(self, path: str, text: str) -> str | None:
+        for key in [k for k in self.cache if k[1] == path]:
+            self.cache.pop(key)
         backup = f"{path}.20260101T000000.bak" if path in self.files else None
         if backup:
             self.files[backup] = self.files[path]
@@ -152,3 +168,19 @@ def metactl_status_text(node_id: int, state: str = "Follower", leader_id: int | 
     if learners:
         lines += ["NonVoters:", *(f"  - {rec(v)}" for v in learners)]
     return "\n".join(lines) + "\n"
+
+
+LAB_SECRET = "unit-raft-s3cret-4b1d"
+"""The raft secret of ``own_ip_meta_config``: tests assert it never shows in argv, details, logs or errors."""
+
+
+def own_ip_meta_config(host: str, node_id: int, *, grpc_port: int = 9191, admin_port: int = 28002,
+                       raft_dir: str = "/var/lib/databend/raft", log_dir: str = "/var/log/databend",
+                       join: Sequence[str] = (), extra_top: str = "") -> str:
+    """A databend-meta.toml like the strict lab's: every bind on the node's own IP, a strict raft secret."""
+    joined = ", ".join(f'"{a}"' for a in join)
+    return (f'{extra_top}admin_api_address = "{host}:{admin_port}"\ngrpc_api_address = "{host}:{grpc_port}"\n'
+            f'grpc_api_advertise_host = "{host}"\n\n[log]\n[log.file]\nlevel = "WARN"\ndir = "{log_dir}"\n\n'
+            f'[raft_config]\nid = {node_id}\nraft_dir = "{raft_dir}"\nraft_api_port = 28004\n'
+            f'raft_listen_host = "{host}"\nraft_advertise_host = "{host}"\njoin = [{joined}]\n'
+            f'raft_secret = "{LAB_SECRET}"\nraft_secret_strict = true\n')

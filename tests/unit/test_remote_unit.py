@@ -60,12 +60,17 @@ def test_pool_with_secret_name_needs_the_key_text(tmp_path: Path) -> None:
     assert SshPool(settings, private_key_text=openssh_key("ed25519")).handshakes == {}
 
 
-def test_proxy_command_tokens_are_quoted() -> None:
+def test_proxy_command_tokens_are_expanded_with_validated_values_only() -> None:
     target = SshTarget(host="127.10.0.1", port=22, user="ops", proxy_command=None)
     assert substitute_proxy_command("ip netns exec lab nc %h %p", target) == "ip netns exec lab nc 127.10.0.1 22"
-    evil = SshTarget(host="a b;c", port=2222, user="o'k", proxy_command=None)
-    expanded = substitute_proxy_command("ssh -W %h:%p -l %r jump 100%%", evil)
-    assert shlex.split(expanded) == ["ssh", "-W", "a b;c:2222", "-l", "o'k", "jump", "100%"]
+    v6 = SshTarget(host="fd00::4", port=2222, user="ops", proxy_command=None)
+    expanded = substitute_proxy_command("ssh -W [%h]:%p -l %r jump 100%%", v6)
+    assert shlex.split(expanded) == ["ssh", "-W", "[fd00::4]:2222", "-l", "ops", "jump", "100%"]
+    # issue #10: quoting does not protect a shell behind the proxy (ssh jump nc %h %p): bad values never get in,
+    # also when a target was built without validation
+    evil = SshTarget.model_construct(host="a b;c", port=2222, user="ops", proxy_command=None)
+    with pytest.raises(InventoryError, match=r"'a b;c' is not a hostname"):
+        substitute_proxy_command("ssh jump nc %h %p", evil)
 
 
 def test_commands_are_quoted_with_sudo_timeout_and_cwd(pool: SshPool) -> None:
@@ -76,6 +81,45 @@ def test_commands_are_quoted_with_sudo_timeout_and_cwd(pool: SshPool) -> None:
     assert sent == "cd /tmp && sudo -n timeout -k 2 6 cat '/etc/x y; rm -rf /'"
     with pytest.raises(TypeError):
         r.build_command("echo hi")  # type: ignore[arg-type]  # a string would be split into characters
+
+
+def test_sudo_user_runs_the_command_as_that_user_with_the_timeout_backstop(pool: SshPool) -> None:
+    r = ParamikoRemote(pool, SshTarget(host="127.10.0.1", port=22, user="ops", proxy_command=None))
+    argv = ["databend-meta", "--config-file", "/etc/databend/databend-meta.toml", "--leave-id", "4",
+            "--leave-via", "127.10.0.1:28004"]
+    shown, sent = r.build_command(argv, cwd="/", timeout_s=60, sudo_user="databend")
+    assert shown == ("cd / && sudo -n -u databend databend-meta --config-file /etc/databend/databend-meta.toml "
+                     "--leave-id 4 --leave-via 127.10.0.1:28004")
+    assert shlex.split(sent.removeprefix("cd / && ")) == ["sudo", "-n", "-u", "databend", "timeout", "-k", "2",
+                                                         "61", *argv]
+    with pytest.raises(ValueError, match="'x; rm' is not a user name"):
+        r.build_command(["true"], sudo_user="x; rm")
+
+
+def test_private_tmpdir_is_made_once_and_removed_at_close(pool: SshPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = ParamikoRemote(pool, SshTarget(host="127.10.0.1", port=22, user="ops", proxy_command=None))
+    ran: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: object) -> CommandResult:
+        ran.append(list(argv))
+        out = "/tmp/metascale.Ab12Cd34Ef\n" if argv[0] == "mktemp" else ""
+        return CommandResult(host=r.host, command=shlex.join(argv), exit_code=0, stdout=out, stderr="")
+
+    class Live:
+        def get_transport(self) -> object:
+            return type("T", (), {"is_active": lambda self: True})()
+
+        def close(self) -> None:
+            ran.append(["<closed>"])
+
+    monkeypatch.setattr(r, "run", fake_run)
+    assert r.private_tmpdir() == r.private_tmpdir() == "/tmp/metascale.Ab12Cd34Ef"
+    r.cache[("meta_config", "/etc/x")] = "facts"
+    r._client = Live()  # type: ignore[assignment]
+    r.close()
+    assert ran == [["mktemp", "-d", "-t", "metascale.XXXXXXXXXX"], ["rm", "-rf", "--", "/tmp/metascale.Ab12Cd34Ef"],
+                   ["<closed>"]]
+    assert r.cache == {}
 
 
 def test_no_sudo_prefix_when_inventory_says_sudo_false(key_file: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from metascale.status import (
     read_cluster_status,
     read_node_status,
 )
-from tests.unit.fakes import FakePool, FakeRemote, metactl_status_text
+from tests.unit.fakes import LAB_SECRET, FakePool, FakeRemote, metactl_status_text, own_ip_meta_config
 
 SAMPLES = Path(__file__).parent.parent / "fixtures" / "metactl_status"
 
@@ -116,48 +116,103 @@ def test_admin_status_garbage() -> None:
 
 
 NODE = MetaNode(node_id=2, host="127.10.0.2", grpc_port=9292)
+META_PATH = "/etc/databend/databend-meta.toml"
+ADMIN_JSON = (SAMPLES / "admin_status_newest.json").read_text()
+REFUSED = "Error: ConnectionError: cannot connect to http://127.10.0.2:9292: transport error\n"
 
 
-def test_read_node_status_puts_the_flag_after_the_subcommand_and_parses() -> None:
-    remote = FakeRemote(host="127.10.0.2")
+def own_ip_node(**kwargs: object) -> FakeRemote:
+    """meta-2 bound to its own IP (gRPC on 9292, admin on 28012), as on the strict lab."""
+    text = own_ip_meta_config("127.10.0.2", 2, grpc_port=9292, admin_port=28012, **kwargs)  # type: ignore[arg-type]
+    return FakeRemote(host="127.10.0.2", files={META_PATH: text})
+
+
+def test_read_node_status_asks_the_grpc_address_of_the_nodes_own_config_from_a_private_dir() -> None:
+    remote = own_ip_node()
     remote.on(["databend-metactl"], stdout=metactl_status_text(2))
     status = read_node_status(remote, NODE)
-    assert remote.commands == [["databend-metactl", "status", "--grpc-api-address", "127.0.0.1:9292"]]
-    assert remote.cwds == ["/tmp"]  # metactl writes ./.databend/logs: run it where that works
-    assert status.node_id == 2 and status.leader_id == 1
+    assert remote.commands == [["databend-metactl", "status", "--grpc-api-address", "127.10.0.2:9292"]]
+    assert remote.cwds == [remote.tmpdir] and remote.tmpdir != "/tmp"  # metactl writes ./.databend/logs there
+    assert status.node_id == 2 and status.leader_id == 1 and status.read_via == "metactl"
+    read_node_status(remote, NODE)
+    assert remote.reads == [META_PATH]  # the config is read once per connection
 
 
-def test_read_node_status_refused_is_meta_unreachable() -> None:
-    remote = FakeRemote(host="127.10.0.2")
-    remote.on(["databend-metactl"], exit_code=1,
-              stderr="Error: ConnectionError: cannot connect to http://127.0.0.1:9292: transport error\n")
+def test_read_node_status_asks_loopback_when_the_node_binds_the_wildcard() -> None:
+    packaged = (Path(__file__).parent.parent / "fixtures" / "configs" / "databend-meta.toml").read_text()
+    remote = FakeRemote(host="127.10.0.2", files={META_PATH: packaged})
+    remote.on(["databend-metactl"], stdout=metactl_status_text(2))
+    read_node_status(remote, NODE)
+    assert remote.commands == [["databend-metactl", "status", "--grpc-api-address", "127.0.0.1:9191"]]
+
+
+def test_a_rewritten_config_is_read_again() -> None:
+    remote = own_ip_node()
+    remote.on(["databend-metactl"], stdout=metactl_status_text(2))
+    read_node_status(remote, NODE)
+    remote.write_text_atomic(META_PATH, own_ip_meta_config("127.10.0.2", 2, grpc_port=9393))
+    read_node_status(remote, NODE)
+    assert remote.commands[-1][-1] == "127.10.0.2:9393" and remote.reads == [META_PATH, META_PATH]
+
+
+def test_read_node_status_refused_is_meta_unreachable_with_metactls_error() -> None:
+    remote = own_ip_node()
+    remote.on(["databend-metactl"], exit_code=1, stderr=REFUSED)
+    remote.on(["curl"], exit_code=7, stderr="curl: (7) Failed to connect to 127.10.0.2 port 28012")
     with pytest.raises(MetaUnreachable, match="cannot connect"):
         read_node_status(remote, NODE)
 
 
 def test_read_node_status_timeout_is_meta_unreachable() -> None:
-    remote = FakeRemote(host="127.10.0.2")
+    remote = own_ip_node()
     remote.on(["databend-metactl"], timeout=True)
     with pytest.raises(MetaUnreachable, match="timed out"):
         read_node_status(remote, NODE, timeout_s=0.5)
 
 
 def test_read_node_status_missing_binary_is_a_hard_error() -> None:
-    remote = FakeRemote(host="127.10.0.2")
+    remote = own_ip_node()
     remote.on(["databend-metactl"], exit_code=127, stderr="sh: databend-metactl: not found")
     with pytest.raises(RemoteCommandError) as info:
         read_node_status(remote, NODE)
     assert not isinstance(info.value, MetaUnreachable) and info.value.exit_code == 127
 
 
-def test_read_admin_status_curls_localhost_on_the_node() -> None:
+def test_read_node_status_without_a_readable_config_is_a_hard_error() -> None:
     remote = FakeRemote(host="127.10.0.2")
-    remote.on(["curl"], stdout=(SAMPLES / "admin_status_newest.json").read_text())
+    with pytest.raises(RemoteCommandError, match="No such file"):
+        read_node_status(remote, NODE)
+    assert remote.ran("databend-metactl") == []  # never guesses 127.0.0.1
+
+
+def test_read_admin_status_curls_the_configured_admin_address_on_the_node() -> None:
+    remote = own_ip_node()
+    remote.on(["curl"], stdout=ADMIN_JSON)
     assert read_admin_status(remote, NODE).leader_id == 1
-    assert remote.commands[0][-1] == "http://127.0.0.1:28002/v1/cluster/status"
+    assert remote.commands[0][-1] == "http://127.10.0.2:28012/v1/cluster/status"
     remote.on(["curl"], exit_code=7, stderr="curl: (7) Failed to connect")
     with pytest.raises(MetaUnreachable):
         read_admin_status(remote, NODE)
+
+
+def test_grpc_tls_in_the_config_reads_the_admin_api_and_never_runs_metactl() -> None:
+    remote = own_ip_node(extra_top='grpc_tls_server_cert = "/etc/databend/tls.pem"\n'
+                                   'admin_tls_server_cert = "/etc/databend/tls.pem"\n')
+    remote.on(["curl"], stdout=ADMIN_JSON)
+    status = read_node_status(remote, NODE)
+    assert status.read_via == "admin" and status.leader_id == 1
+    assert remote.ran("databend-metactl") == []
+    assert remote.commands == [["curl", "-sS", "--fail", "--max-time", "10", "-k",
+                                "https://127.10.0.2:28012/v1/cluster/status"]]
+
+
+def test_metactl_transport_error_while_admin_answers_falls_back_to_the_admin_api() -> None:
+    remote = own_ip_node()
+    remote.on(["databend-metactl"], exit_code=1, stderr="Error: h2 protocol error: transport error\n")
+    remote.on(["curl"], stdout=ADMIN_JSON)
+    status = read_node_status(remote, NODE)
+    assert status.read_via == "admin" and status.voter_ids == [1, 2, 3]
+    assert remote.ran("curl")[0][-1] == "http://127.10.0.2:28012/v1/cluster/status"
 
 
 def _cluster(*probes: tuple[int, str | None, int | None, list[int]]) -> ClusterStatus:
@@ -211,8 +266,16 @@ INVENTORY = parse_inventory(
 )
 
 
+def _pool(broken: dict[str, Exception] | None = None) -> FakePool:
+    pool = FakePool(broken=broken or {})
+    for i in (1, 2, 3):
+        if f"127.10.0.{i}" not in pool.broken:
+            pool.remote(f"127.10.0.{i}").files[META_PATH] = own_ip_meta_config(f"127.10.0.{i}", i)
+    return pool
+
+
 def test_read_cluster_status_records_answers_and_errors() -> None:
-    pool = FakePool(broken={"127.10.0.3": MetaUnreachable("127.10.0.3", 3, "refused")})
+    pool = _pool(broken={"127.10.0.3": MetaUnreachable("127.10.0.3", 3, "refused")})
     for i, state in ((1, "Leader"), (2, "Follower")):
         pool.remote(f"127.10.0.{i}").on(["databend-metactl"], stdout=metactl_status_text(i, state))
     cluster = read_cluster_status(pool, INVENTORY)
@@ -221,12 +284,38 @@ def test_read_cluster_status_records_answers_and_errors() -> None:
     probe = cluster.probe(3)
     assert probe is not None and probe.error_type == "MetaUnreachable" and "refused" in (probe.error or "")
     assert cluster.leader_id == 1
+    assert pool.remote("127.10.0.1").ran("databend-metactl") == [
+        ["databend-metactl", "status", "--grpc-api-address", "127.10.0.1:9191"]]
 
 
 def test_read_cluster_status_keeps_unexpected_errors_per_node() -> None:
-    pool = FakePool(broken={"127.10.0.2": RuntimeError("paramiko internals")})
+    pool = _pool(broken={"127.10.0.2": RuntimeError("paramiko internals")})
     for i in (1, 3):
         pool.remote(f"127.10.0.{i}").on(["databend-metactl"], stdout=metactl_status_text(i, "Leader" if i == 1 else "Follower"))
     cluster = read_cluster_status(pool, INVENTORY)
     assert cluster.unreachable_ids == [2] and cluster.probe(2).error_type == "RuntimeError"  # type: ignore[union-attr]
     assert cluster.removal_blocked_reason(3) is not None  # 1 of the remaining [1, 2] answers: no majority
+
+
+def test_the_tls_note_comes_once_per_host_per_connection() -> None:
+    pool = _pool()
+    tls = 'grpc_tls_server_cert = "/etc/databend/tls.pem"\n'
+    pool.remote("127.10.0.2").files[META_PATH] = own_ip_meta_config("127.10.0.2", 2, extra_top=tls)
+    for i in (1, 2, 3):
+        pool.remote(f"127.10.0.{i}").on(["databend-metactl"], stdout=metactl_status_text(i))
+    pool.remote("127.10.0.2").on(["curl"], stdout=ADMIN_JSON)
+    first, second = read_cluster_status(pool, INVENTORY), read_cluster_status(pool, INVENTORY)
+    notes = [p.note for c in (first, second) for p in c.probes if p.note]
+    assert notes == ["gRPC on 127.10.0.2 uses TLS; reading status from the admin API /v1/cluster/status"]
+    assert first.answering_ids == [1, 2, 3] and pool.remote("127.10.0.2").ran("databend-metactl") == []
+
+
+def test_a_status_read_never_carries_the_raft_secret() -> None:
+    pool = _pool()
+    for i in (1, 2, 3):
+        pool.remote(f"127.10.0.{i}").on(["databend-metactl"], exit_code=1, stderr=REFUSED)
+        pool.remote(f"127.10.0.{i}").on(["curl"], exit_code=7, stderr="curl: (7) refused")
+    cluster = read_cluster_status(pool, INVENTORY)
+    assert cluster.unreachable_ids == [1, 2, 3]
+    assert LAB_SECRET not in cluster.model_dump_json()
+    assert all(LAB_SECRET not in " ".join(c) for r in pool.remotes.values() for c in r.commands)

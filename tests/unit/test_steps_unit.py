@@ -10,7 +10,7 @@ import pytest
 from metascale import config, steps
 from metascale.errors import ConfigEditError, PlanRefused, RemoteCommandError, RemoteTimeout
 from metascale.inventory import MetaNode, parse_inventory
-from tests.unit.fakes import FakeRemote, metactl_status_text
+from tests.unit.fakes import LAB_SECRET, FakeRemote, metactl_status_text, own_ip_meta_config
 
 CONFIGS = Path(__file__).parent.parent / "fixtures" / "configs"
 META = (CONFIGS / "databend-meta.toml").read_text()
@@ -100,6 +100,15 @@ def test_stop_without_disable_keeps_it_enabled() -> None:
     assert node.units["databend-meta"] == ["inactive", "enabled"]
 
 
+def test_retire_raft_dir_moves_the_raft_dir_named_by_the_nodes_own_config() -> None:
+    node = meta_host(3, own_ip_meta_config("127.10.0.3", 3, raft_dir="/data/meta/raft"))
+    node.dirs = {"/data/meta/raft": ["df_meta"], "/var/lib/databend/raft": ["other"]}
+    node.units["databend-meta"] = ["inactive", "disabled"]
+    result = steps.retire_raft_dir(node, INV)
+    assert result.backup_path and result.backup_path.startswith("/data/meta/raft.removed-")
+    assert node.dirs["/var/lib/databend/raft"] == ["other"]  # the inventory's default path is not touched
+
+
 def test_retire_raft_dir_moves_it_aside_once() -> None:
     node = meta_host(3)
     with pytest.raises(PlanRefused, match="still active"):
@@ -153,7 +162,24 @@ def test_transfer_leadership_runs_on_the_leader_against_local_admin() -> None:
     assert result.changed and "triggered leader transfer from 1 to 2." in result.detail
     assert leader.ran("databend-metactl", "transfer-leader") == [
         ["databend-metactl", "transfer-leader", "--to", "2", "--admin-api-address", "127.0.0.1:28002"]]
-    assert leader.cwds[-1] == "/tmp"
+    assert leader.cwds[-1] == leader.tmpdir
+
+
+def test_transfer_leadership_uses_the_admin_address_of_the_leaders_own_config() -> None:
+    leader = meta_host(1, own_ip_meta_config("127.10.0.1", 1, admin_port=28012))
+    leader.on(["databend-metactl", "status"], stdout=metactl_status_text(1, "Leader", 1))
+    steps.transfer_leadership(leader, INV.meta_node(1), 3, inventory=INV)
+    assert leader.ran("databend-metactl", "transfer-leader") == [
+        ["databend-metactl", "transfer-leader", "--to", "3", "--admin-api-address", "127.10.0.1:28012"]]
+    assert leader.ran("databend-metactl", "status")[0][-1] == "127.10.0.1:9191"
+
+
+def test_transfer_leadership_with_admin_tls_uses_https() -> None:
+    facts = config.read_meta_config_facts(own_ip_meta_config(
+        "127.10.0.1", 1, extra_top='admin_tls_server_cert = "/etc/databend/a.pem"\n'))
+    assert steps.transfer_leader_argv(facts, 2, 15) == [
+        "curl", "-sS", "--fail", "--max-time", "15", "-k",
+        "https://127.10.0.1:28002/v1/ctrl/trigger_transfer_leader?to=2"]
 
 
 def test_transfer_leadership_is_a_no_op_when_not_leader_any_more() -> None:
@@ -170,12 +196,24 @@ def test_transfer_leadership_to_a_non_voter_is_refused() -> None:
         steps.transfer_leadership(leader, INV.meta_node(1), 9)
 
 
-def test_leave_cluster_passes_one_flag_per_address() -> None:
-    node = meta_host(2)
-    result = steps.leave_cluster(node, 3, ["127.10.0.1:28004", "127.10.0.2:28004"], timeout_s=5)
+def test_leave_cluster_runs_with_the_nodes_config_as_the_service_user() -> None:
+    node = meta_host(2, own_ip_meta_config("127.10.0.2", 2))
+    node.on(["systemctl", "show", "-p", "User", "--value"], stdout="databend\n")
+    result = steps.leave_cluster(node, 3, ["127.10.0.1:28004", "127.10.0.2:28004"], timeout_s=5, inventory=INV)
     assert result.changed
-    assert node.commands == [["databend-meta", "--leave-id", "3", "--leave-via", "127.10.0.1:28004",
-                              "--leave-via", "127.10.0.2:28004"]]
+    assert node.commands[-1] == ["databend-meta", "--config-file", META_PATH, "--leave-id", "3",
+                                 "--leave-via", "127.10.0.1:28004", "--leave-via", "127.10.0.2:28004"]
+    assert node.sudo_users[-1] == "databend" and node.cwds[-1] == "/"
+    assert ["systemctl", "show", "-p", "User", "--value", "databend-meta"] in node.commands
+    shown = " ".join(" ".join(c) for c in node.commands) + result.model_dump_json()
+    assert LAB_SECRET not in shown  # the secret stays in the file; --config-file hands it to databend-meta
+
+
+def test_leave_cluster_runs_as_root_when_the_unit_sets_no_user() -> None:
+    node = meta_host(2)
+    node.on(["systemctl", "show"], stdout="\n")
+    steps.leave_cluster(node, 3, ["127.10.0.1:28004"], timeout_s=5)
+    assert node.sudo_users[-1] == "root" and node.commands[-1][:3] == ["databend-meta", "--config-file", META_PATH]
 
 
 def test_leave_cluster_no_op_when_not_a_member() -> None:
@@ -191,6 +229,20 @@ def test_leave_cluster_timeout_explains_quorum() -> None:
     with pytest.raises(RemoteTimeout, match="quorum") as info:
         steps.leave_cluster(node, 3, ["127.10.0.1:28004"], timeout_s=0.1)
     assert info.value.host == "127.10.0.2" and "--leave-id 3" in info.value.command
+
+
+def test_leave_cluster_on_a_silent_host_says_the_host_went_silent_not_quorum() -> None:
+    from metascale.remote import SILENT_HOST_HINT
+
+    node = meta_host(2)
+
+    def silent(argv: list[str]) -> None:
+        raise RemoteTimeout(node.host, " ".join(argv), 0.1, "", SILENT_HOST_HINT)
+
+    node.on_call(["databend-meta"], silent)
+    with pytest.raises(RemoteTimeout) as info:
+        steps.leave_cluster(node, 3, ["127.10.0.1:28004"], timeout_s=0.1)
+    assert info.value.hint == SILENT_HOST_HINT and "quorum" not in str(info.value)
 
 
 def test_leave_cluster_refusal_carries_stderr() -> None:
@@ -212,6 +264,14 @@ def test_collect_diagnostics_gathers_status_journal_and_newest_log() -> None:
     assert "Active: failed" in text and "must not be set to itself" in text and "last line" in text
     assert ["tail", "-n", "50", "/var/log/databend/new.log"] in node.commands
     assert ["journalctl", "-u", "databend-meta", "-n", "50", "--no-pager"] in node.commands
+
+
+def test_collect_diagnostics_reads_the_log_dir_of_the_nodes_own_config() -> None:
+    node = meta_host(2, own_ip_meta_config("127.10.0.2", 2, log_dir="/srv/logs/meta"))
+    node.on(["find", "/srv/logs/meta"], stdout="100.0 /srv/logs/meta/databend-meta.log\n")
+    steps.collect_diagnostics(node, INV)
+    assert ["tail", "-n", "50", "/srv/logs/meta/databend-meta.log"] in node.commands
+    assert not node.ran("find", "/var/log/databend")
 
 
 def test_the_fakes_implement_the_core_protocols() -> None:

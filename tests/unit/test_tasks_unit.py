@@ -176,7 +176,8 @@ def test_leave_cluster_runs_databend_meta_with_one_flag_per_address(pool: FakePo
     result = rb.leave_cluster.fn(inventory, 3, [f"{NET}.1:28004", f"{NET}.2:28004"], 5.0)
     assert result.changed
     assert pool.remote(f"{NET}.1").ran("databend-meta") == [
-        ["databend-meta", "--leave-id", "3", "--leave-via", f"{NET}.1:28004", "--leave-via", f"{NET}.2:28004"]]
+        ["databend-meta", "--config-file", META_CONFIG, "--leave-id", "3", "--leave-via", f"{NET}.1:28004",
+         "--leave-via", f"{NET}.2:28004"]]
 
 
 def test_record_inventory_writes_once_with_a_backup(tmp_path: Path) -> None:
