@@ -177,6 +177,7 @@ def test_leader_crash_between_leader_check_and_leave_then_rerun_converges(
     monkeypatch.undo()
     fresh_lab.root_exec(leader_host, ["systemctl", "start", "databend-meta"])
     poll(lambda: fresh_lab.meta_status(leader_host)[0] in ("Leader", "Follower"), f"{leader_host} back in the cluster")
+    poll(lambda: any(fresh_lab.meta_status(f"meta{n}")[0] == "Leader" for n in (1, 2, 3)), "a leader again")
     rerun = scale_down(node_ids=[victim], inventory=str(inventory), verify_deadline_s=30,
                        accept_no_fault_tolerance=True)
     assert rerun.voters_after == sorted({1, 2, 3} - {victim})

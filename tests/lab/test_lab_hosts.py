@@ -47,7 +47,7 @@ def reachable(lab: Lab, host: str) -> bool:
     ProxyCommand (`nc`), whose connect to a cut host can wait for TCP's own timeout: that counts as unreachable."""
     try:
         return lab.ssh(host, "true", options=["-o", "ConnectTimeout=2"], timeout_s=8).returncode == 0
-    except subprocess.TimeoutExpired:
+    except LabError:   # Lab.ssh's deadline passed
         return False
 
 

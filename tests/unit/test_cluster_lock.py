@@ -312,8 +312,11 @@ def test_the_cli_refuses_a_real_change_without_the_teams_prefect_api(capsys: pyt
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from deployments.cli import ExitCode, main
 
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # a full run has the session server's URL set
-    code = main(["scale-down", "--inventory", "/nonexistent/inventory.toml", "--id", "3"])
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # a full run has the session server's URL set …
+    with temporary_settings(updates={PREFECT_API_URL: None}):  # … in the environment and in Prefect's settings
+        code = main(["scale-down", "--inventory", "/nonexistent/inventory.toml", "--id", "3"])
     err = capsys.readouterr().err
     assert code == ExitCode.REFUSED, err
     assert "PREFECT_API_URL" in err and "--dry-run" in err and "lock" in err, err

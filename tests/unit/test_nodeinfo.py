@@ -142,12 +142,18 @@ def test_check_meta_versions_refuses_the_old_host_and_reads_each_once() -> None:
     try:
         for i in (1, 2, 3):
             fake.remote(f"127.10.0.{i}").on(["databend-meta"], stdout="version: 1.2.934-nightly\n")  # type: ignore[attr-defined]
+            fake.remote(f"127.10.0.{i}").files[inv.paths.meta_config] = own_ip_meta_config(f"127.10.0.{i}", i)  # type: ignore[attr-defined]
         fake.remote("127.10.0.14").on(["databend-meta"], stdout="version: 1.2.611\n")  # type: ignore[attr-defined]
         hosts = [f"127.10.0.{i}" for i in (1, 2, 3)]
         assert rb.check_meta_versions.fn(inv, hosts) == {h: "1.2.934-nightly" for h in hosts}
         with pytest.raises(PlanRefused, match="databend-meta 1.2.611 on 127.10.0.14 is older than 1.2.612"):
             rb.check_meta_versions.fn(inv, [*hosts, "127.10.0.14"])
         assert fake.remote("127.10.0.1").ran("databend-meta") == [["databend-meta", "--cmd", "ver"]]  # type: ignore[attr-defined]
+        # a member whose own config is not a meta config is refused by name, not taken for a dead node
+        fake.remote("127.10.0.2").files[inv.paths.meta_config] = "[raft]\nid = 2\n"  # type: ignore[attr-defined]
+        fake.remote("127.10.0.2").cache.clear()  # type: ignore[attr-defined]
+        with pytest.raises(ConfigEditError, match="127.10.0.2:.*cannot edit config: no \\[raft_config\\] table"):
+            rb.check_meta_versions.fn(inv, hosts)
     finally:
         pool_module._POOLS.pop("local", None)  # type: ignore[attr-defined]
 
