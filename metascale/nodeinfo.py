@@ -132,7 +132,7 @@ def is_ip_literal(host: str) -> bool:
 
 
 def parse_getent_ahosts(text: str) -> list[str]:
-    """The distinct addresses in ``getent ahosts NAME`` output, in order (``10.0.0.5  STREAM name`` lines)."""
+    """The distinct addresses in ``getent ahosts NAME`` output, in order (``192.0.2.5  STREAM name`` lines)."""
     seen: list[str] = []
     for line in text.splitlines():
         address = line.split()[0] if line.split() else ""

@@ -174,7 +174,7 @@ def check_meta_versions(inventory: Inventory, hosts: list[str]) -> dict[str, str
 def resolve_new_hosts(inventory: Inventory, specs: list[NewNodeSpec]) -> tuple[list[NewNodeSpec], list[str]]:
     """Resolve every new host given as a DNS name ONCE, on the first existing meta node that answers (`getent
     ahosts`: what the cluster will see), and return the specs with the IP as ``host`` plus one plan note per
-    resolved name ("spare.example → 10.0.0.5"). IP literals are kept as they are. Read-only.
+    resolved name ("spare.example → 192.0.2.5"). IP literals are kept as they are. Read-only.
 
     Raises: PlanRefused when a name does not resolve, resolves to several addresses, or no meta node answers.
     """

@@ -98,7 +98,7 @@ def test_unreadable_version_output_is_refused_with_what_was_printed() -> None:
 
 def test_an_ip_literal_needs_no_resolution() -> None:
     remote = FakeRemote()
-    assert nodeinfo.resolve_host_address(remote, "10.0.0.5") == "10.0.0.5"
+    assert nodeinfo.resolve_host_address(remote, "192.0.2.5") == "192.0.2.5"
     assert nodeinfo.resolve_host_address(remote, "fd00::5") == "fd00::5"
     assert remote.commands == []
 
@@ -106,8 +106,8 @@ def test_an_ip_literal_needs_no_resolution() -> None:
 def test_a_host_name_resolves_once_on_an_existing_node() -> None:
     remote = FakeRemote(host="127.10.0.1")
     remote.on(["getent", "ahosts", "spare.example"],
-              stdout="10.0.0.5       STREAM spare.example\n10.0.0.5       DGRAM  \n10.0.0.5       RAW    \n")
-    assert nodeinfo.resolve_host_address(remote, "spare.example") == "10.0.0.5"
+              stdout="192.0.2.5       STREAM spare.example\n192.0.2.5       DGRAM  \n192.0.2.5       RAW    \n")
+    assert nodeinfo.resolve_host_address(remote, "spare.example") == "192.0.2.5"
     assert remote.commands == [["getent", "ahosts", "spare.example"]]
 
 
@@ -117,8 +117,8 @@ def test_a_name_that_does_not_resolve_or_resolves_to_several_addresses_is_refuse
     with pytest.raises(PlanRefused, match="'nowhere.example' does not resolve on 127.10.0.1"):
         nodeinfo.resolve_host_address(remote, "nowhere.example")
     remote.on(["getent", "ahosts", "multi.example"],
-              stdout="10.0.0.5 STREAM multi.example\nfd00::5 STREAM multi.example\n")
-    with pytest.raises(PlanRefused, match=r"several addresses on 127.10.0.1 \(10.0.0.5, fd00::5\)"):
+              stdout="192.0.2.5 STREAM multi.example\nfd00::5 STREAM multi.example\n")
+    with pytest.raises(PlanRefused, match=r"several addresses on 127.10.0.1 \(192.0.2.5, fd00::5\)"):
         nodeinfo.resolve_host_address(remote, "multi.example")
 
 
@@ -165,9 +165,9 @@ def test_resolve_new_hosts_turns_a_name_into_its_ip_with_a_plan_note() -> None:
     fake, (inv, pool_module) = _fake_pool_inventory()
     try:
         fake.remote("127.10.0.1").on(["getent", "ahosts", "spare.example"],  # type: ignore[attr-defined]
-                                     stdout="10.0.0.5 STREAM spare.example\n")
-        specs, notes = rb.resolve_new_hosts.fn(inv, [NewNodeSpec(host="spare.example"), NewNodeSpec(host="10.0.0.6")])
-        assert [s.host for s in specs] == ["10.0.0.5", "10.0.0.6"]
-        assert len(notes) == 1 and notes[0].startswith("spare.example → 10.0.0.5")
+                                     stdout="192.0.2.5 STREAM spare.example\n")
+        specs, notes = rb.resolve_new_hosts.fn(inv, [NewNodeSpec(host="spare.example"), NewNodeSpec(host="192.0.2.6")])
+        assert [s.host for s in specs] == ["192.0.2.5", "192.0.2.6"]
+        assert len(notes) == 1 and notes[0].startswith("spare.example → 192.0.2.5")
     finally:
         pool_module._POOLS.pop("local", None)  # type: ignore[attr-defined]

@@ -56,12 +56,12 @@ SPARE_OK = {f"{NET}.14": HostFacts(host=f"{NET}.14", reachable=True, has_package
 
 
 @pytest.mark.parametrize(("address", "own", "unreachable"), [
-    ("10.0.0.5:9191", "10.0.0.5", False),
+    ("192.0.2.5:9191", "192.0.2.5", False),
     ("127.100.0.11:9191", "127.100.0.11", False),    # the node's own (lab) address in the inventory
-    ("localhost:9191", "10.0.0.5", True),            # the packaged grpc_api_advertise_host
-    ("127.0.0.1:9191", "10.0.0.5", True),
-    ("0.0.0.0:9191", "10.0.0.5", True),
-    ("", "10.0.0.5", True),                           # no grpc_api_advertise_host: MemberList returns ""
+    ("localhost:9191", "192.0.2.5", True),            # the packaged grpc_api_advertise_host
+    ("127.0.0.1:9191", "192.0.2.5", True),
+    ("0.0.0.0:9191", "192.0.2.5", True),
+    ("", "192.0.2.5", True),                           # no grpc_api_advertise_host: MemberList returns ""
 ])
 def test_advertise_reachability(address: str, own: str, unreachable: bool) -> None:
     assert (advertise_unreachable_reason(address, own) is not None) == unreachable
@@ -125,9 +125,9 @@ def test_read_query_node_facts_from_the_packaged_config() -> None:
 
 def test_query_config_without_auto_sync_uses_the_code_default_off() -> None:
     remote = FakeRemote(host=Q1)
-    remote.files[QUERY_CONFIG] = '[query]\nadmin_api_address = "10.1.1.1:8081"\n\n[meta]\nendpoints = ["a:9191"]\n'
+    remote.files[QUERY_CONFIG] = '[query]\nadmin_api_address = "192.0.2.11:8081"\n\n[meta]\nendpoints = ["a:9191"]\n'
     facts = steps.read_query_node_facts(remote, _inventory(), _inventory().query_nodes[0])
-    assert facts.auto_sync_interval == 0 and facts.health_address == "10.1.1.1:8081"
+    assert facts.auto_sync_interval == 0 and facts.health_address == "192.0.2.11:8081"
     missing = steps.read_query_node_facts(FakeRemote(host=Q2), _inventory(), _inventory().query_nodes[1])
     assert missing.read_error
 
