@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := openssh-server openssh-client sudo systemd-container dbus iproute2 netcat-openbsd procps psmisc curl postgresql chromium
+APT_PACKAGES := openssh-server openssh-client sudo systemd-container dbus iproute2 netcat-openbsd procps psmisc curl openssl postgresql chromium
 
 .PHONY: setup apt venv lab-up lab-down lab-status lab-reset test unit demo demo-down bench
 
