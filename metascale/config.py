@@ -115,7 +115,8 @@ def set_meta_endpoints(text: str, endpoints: Sequence[str], *, path: str = QUERY
     return tomlkit.dumps(doc)
 
 
-def _is_ip(value: str) -> bool:
+def is_ip_literal(value: str) -> bool:
+    """True for an IPv4 or IPv6 address literal (no brackets)."""
     try:
         ipaddress.ip_address(value)
         return True
@@ -154,7 +155,7 @@ def set_node_identity(
     TOML, no [raft_config], empty join, or a join list that contains ``host`` itself). ``*_port`` given: those
     ports are set too.
     """
-    if not _is_ip(host):
+    if not is_ip_literal(host):
         raise ConfigEditError(path, f"new node host {host!r} is not an IP address (grpc_api_address, "
                                     "admin_api_address and raft_listen_host take IP literals only): resolve it first")
     doc = _parse(text, path)
@@ -453,6 +454,7 @@ def unified_diff(old: str, new: str, label: str) -> str:
 
 
 __all__ = [
+    "is_ip_literal",
     "MetaConfigFacts",
     "join_host_port",
     "normalize_host_port",

@@ -112,9 +112,7 @@ class SshOverride(BaseModel):
     @field_validator("user")
     @classmethod
     def _user(cls, value: str | None) -> str | None:
-        if value is not None and not _SSH_USER_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid user name (valid: [a-z_][a-z0-9_.-]*)")
-        return value
+        return None if value is None else check_ssh_user(value)
 
     @field_validator("proxy_command")
     @classmethod
@@ -147,9 +145,7 @@ class SshSettings(BaseModel):
     @field_validator("user")
     @classmethod
     def _user(cls, value: str) -> str:
-        if not _SSH_USER_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid user name (valid: [a-z_][a-z0-9_.-]*)")
-        return value
+        return check_ssh_user(value)
 
     @field_validator("proxy_command")
     @classmethod

@@ -8,13 +8,12 @@ a run reads each fact once per host; ``write_text_atomic`` of a path drops that 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from typing import Any
 
 from metascale import config
-from metascale.config import MetaConfigFacts
+from metascale.config import MetaConfigFacts, is_ip_literal
 from metascale.errors import ConfigEditError, MetaScaleError, PlanRefused, RemoteCommandError
 from metascale.inventory import Inventory, Paths
 from metascale.remote import Remote
@@ -120,15 +119,6 @@ def check_supported_version(remote: Remote, timeout_s: float = 10) -> str | None
         raise PlanRefused("pre-flight", f"databend-meta {version} on {remote.host} is older than "
                                         f"{OLDEST_SUPPORTED_TEXT}, the oldest metascale supports")
     return version
-
-
-def is_ip_literal(host: str) -> bool:
-    """True for an IPv4 or IPv6 address literal (no brackets)."""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def parse_getent_ahosts(text: str) -> list[str]:
