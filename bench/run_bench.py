@@ -5,11 +5,14 @@ Measures (median of ROUNDS rounds; every figure also kept raw in bench/results.j
 * SSH handshakes per flow run, per host touched (goal: one per host);
 * verification latency: the new node's log line "joined cluster via …" (the moment the cluster took it) to the
   moment `verify_node_joined` (flow) or the script's poll noticed it (goal < 300 ms median);
-* `[meta] endpoints` update on 1, 5 and 10 query hosts (a second lab with 10 query hosts): ratio 10/1 (goal ≤ 2).
-Writes BENCHMARKS.md (table + the command) and bench/results.json. Brings up its own labs (prefix MSBENCH_PREFIX,
-default `msb`; directories .lab-bench and .lab-bench-q) and its own Prefect server, and takes all of them down.
+* `[meta] endpoints` update on 1, 5 and 10 query hosts (a second lab with 10 query hosts): ratio 10/1 (goal ≤ 2);
+* replace-node (issue #12) against a scale-up and a scale-down reaching the same end state, for a live node (meta-2
+  onto spare2) and a dead one (meta3 powered off, onto spare1), each scenario on a reset lab.
+Writes BENCHMARKS.md (tables + the command) and bench/results.json. A part not measured this time (`--only`) keeps
+its figures from bench/results.json. Brings up its own labs (prefix MSBENCH_PREFIX, default `msb`; directories
+MSBENCH_DIR, default .lab-bench, and .lab-bench-q) and its own Prefect server, and takes all of them down.
 
-Usage: python -m bench.run_bench [--rounds N] [--skip-endpoints]
+Usage: python -m bench.run_bench [--rounds N] [--only scale|endpoints|replace ...] [--skip-endpoints] [--report-only]
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ KV_RESULTS = REPO / "bench" / "kv-under-load.json"
 HISTORY = REPO / "bench" / "history.jsonl"   # one line per `make bench` run: when, load, the headline ratios
 REPORT = REPO / "BENCHMARKS.md"
 PREFIX = os.environ.get("MSBENCH_PREFIX", "msb")
+LAB_DIR = os.environ.get("MSBENCH_DIR", str(REPO / ".lab-bench"))
 SPARE = ("spare1", "127.100.0.14", 4)   # name, address, id it gets
+PARTS = ("scale", "endpoints", "replace")
 JOINED_RE = re.compile(r"^(\S+)\s+INFO databend-meta: joined cluster via", re.M)
 
 
@@ -80,9 +85,11 @@ class Probe:
     def __init__(self) -> None:
         self.handshakes: list[dict[str, int]] = []
         self.noticed: list[float] = []
+        self.connects: list[tuple[str, float, float, bool]] = []   # host, started, ended (epoch s), connected
 
     def install(self) -> None:
-        """Wrap SshPool.close (to read `handshakes` before the pool goes) and the verify-node-joined task."""
+        """Wrap SshPool.close (to read `handshakes` before the pool goes), SshPool._open_client (when each connect
+        attempt started and ended, and whether it connected) and the verify-node-joined task."""
         from prefect import task
 
         from metascale.remote import SshPool
@@ -98,6 +105,19 @@ class Probe:
             original_close(pool)
 
         SshPool.close = close  # type: ignore[method-assign]
+        original_open = SshPool._open_client
+
+        def open_client(pool: SshPool, target: Any) -> Any:
+            started = time.time()
+            try:
+                client = original_open(pool, target)
+            except Exception:
+                probe.connects.append((target.host, started, time.time(), False))
+                raise
+            probe.connects.append((target.host, started, time.time(), True))
+            return client
+
+        SshPool._open_client = open_client  # type: ignore[method-assign]
         original_verify = rb.verify_node_joined
 
         @task(name="verify-node-joined", task_run_name="wait until meta-{node.node_id} is a voter")
@@ -234,6 +254,179 @@ def endpoint_rounds(rounds: int) -> dict[str, list[float]]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- replace-node
+LIVE_ID, DEAD_ID, DEAD_HOST = 2, 3, "meta3"
+REPLACE_CASES = {  # case -> (key of the replace run, keys of the two runs it is compared with, in their order)
+    "live": ("live_replace", ("live_up", "live_down")),
+    "dead": ("dead_replace", ("dead_down", "dead_up")),
+}
+
+
+def covered(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of the (start, end) intervals."""
+    total, reached = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reached:
+            total += end - max(start, reached)
+            reached = end
+    return total
+
+
+def run_flow(fn: Any, probe: Probe, watch_host: str | None = None, **params: Any) -> dict[str, Any]:
+    """Run one flow in-process and fail unless it completed. Returns its wall time, the outcome's time from the
+    start of the changes to the end (`changes_s`) and of that the time spent waiting on the cluster, the voters
+    after, the flow run id, and with ``watch_host`` the failed SSH connect attempts to that host during the run:
+    how many, and the wall time during which at least one of them was pending."""
+    seen = len(probe.connects)
+    started = time.monotonic()
+    state = fn(**params, return_state=True)
+    wall = time.monotonic() - started
+    if not state.is_completed():
+        raise RuntimeError(f"{fn.name} {params}: {state.type.value}: {state.message}")
+    outcome = state.result()
+    row: dict[str, Any] = {"s": wall, "changes_s": outcome.elapsed_s, "waited_s": outcome.waited_s,
+                           "voters_after": outcome.voters_after, "flow_run_id": str(state.state_details.flow_run_id)}
+    if watch_host:
+        failed = [(start, end) for host, start, end, ok in probe.connects[seen:] if host == watch_host and not ok]
+        row["dead_connects"] = len(failed)
+        row["dead_connect_wall_s"] = covered(failed)
+    return row
+
+
+def warm_up_replace(lab: Any, work: Path) -> None:
+    """One dry run of replace-node (the scale flows are warmed up by warm_up)."""
+    from flows.replace_node import replace_node
+
+    inventory = work / "inventory.toml"
+    shutil.copyfile(lab.inventory, inventory)
+    replace_node(node_id=LIVE_ID, new_host=lab.host("spare2").ip, inventory=str(inventory), dry_run=True)
+
+
+def replace_round(lab: Any, probe: Probe, replace_first: bool, work: Path) -> dict[str, Any]:
+    """One round: for the live case (meta-2 onto spare2) and the dead case (meta3 powered off, onto spare1), the
+    replace-node run and the two scale runs reaching the same end state, each side on a reset lab (which side goes
+    first alternates). Dead case: meta3 is powered off after the reset and booted again after the run(s)."""
+    from flows.replace_node import replace_node
+    from flows.scale_down import scale_down
+    from flows.scale_up import scale_up
+
+    spare1, spare2, dead_ip = lab.host("spare1").ip, lab.host("spare2").ip, lab.host(DEAD_HOST).ip
+    inventory = work / "inventory.toml"
+    row: dict[str, Any] = {}
+
+    def reset() -> str:
+        lab.reset()
+        shutil.copyfile(lab.inventory, inventory)
+        return str(inventory)
+
+    def live_replace() -> None:
+        row["live_replace"] = run_flow(replace_node, probe, node_id=LIVE_ID, new_host=spare2, inventory=reset(),
+                                       require_approval=False)
+
+    def live_pair() -> None:
+        path = reset()
+        row["live_up"] = run_flow(scale_up, probe, new_nodes=[{"host": spare2}], inventory=path,
+                                  require_approval=False)
+        row["live_down"] = run_flow(scale_down, probe, node_ids=[LIVE_ID], inventory=path, require_approval=False)
+
+    def dead_replace() -> None:
+        path = reset()
+        lab.stop_host(DEAD_HOST)
+        try:
+            row["dead_replace"] = run_flow(replace_node, probe, dead_ip, node_id=DEAD_ID, inventory=path,
+                                           require_approval=False)
+        finally:
+            lab.start_host(DEAD_HOST)
+
+    def dead_pair() -> None:
+        path = reset()
+        lab.stop_host(DEAD_HOST)
+        try:
+            # 3 voters -> 2 that tolerate no failure: the two-run way must accept that window explicitly
+            row["dead_down"] = run_flow(scale_down, probe, dead_ip, node_ids=[DEAD_ID], force=True, inventory=path,
+                                        accept_no_fault_tolerance=True, require_approval=False)
+            row["dead_up"] = run_flow(scale_up, probe, dead_ip, new_nodes=[{"host": spare1}], inventory=path,
+                                      require_approval=False)
+        finally:
+            lab.start_host(DEAD_HOST)
+
+    for replace, pair in ((live_replace, live_pair), (dead_replace, dead_pair)):
+        for part in ((replace, pair) if replace_first else (pair, replace)):
+            part()
+    for key, expected in (("live_replace", [1, 3, 4]), ("live_down", [1, 3, 4]), ("dead_replace", [1, 2, 4]),
+                          ("dead_up", [1, 2, 4])):
+        if row[key]["voters_after"] != expected:
+            raise RuntimeError(f"{key}: voters after {row[key]['voters_after']}, expected {expected}")
+    return row
+
+
+def attach_timelines(rows: list[dict[str, Any]], wait_s: float = 30) -> None:
+    """Add each run's task runs as "<start offset from the flow run's start> <duration> <name>" (seconds, in the
+    order they started), read from the bench's Prefect server; waits up to ``wait_s`` until every task run has ended
+    (the server records task run states from events, a moment after the run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = [run for row in rows for run in row.values() if isinstance(run, dict) and "flow_run_id" in run]
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        for run in runs:
+            while True:
+                flow_run = client.read_flow_run(run["flow_run_id"])
+                tasks = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])), limit=200)
+                if all(t.end_time for t in tasks) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if flow_run.start_time is None:
+                continue
+            ended = sorted((t for t in tasks if t.start_time and t.end_time), key=lambda t: t.start_time)
+            run["tasks"] = [f"{(t.start_time - flow_run.start_time).total_seconds():.2f} "
+                            f"{(t.end_time - t.start_time).total_seconds():.2f} {t.name}" for t in ended]
+
+
+def replace_part(lab: Any, probe: Probe, rounds: int, work: Path) -> list[dict[str, Any]]:
+    """The replace-node rounds (the lab is up, the scale flows warmed up); each round's raw figures."""
+    warm_up_replace(lab, work)
+    rows: list[dict[str, Any]] = []
+    for index in range(rounds):
+        rows.append(replace_round(lab, probe, replace_first=index % 2 == 0, work=work))
+        log(f"replace round {index + 1}: " + ", ".join(f"{key}={run['s']:.2f}" for key, run in rows[-1].items()))
+    attach_timelines(rows)
+    return rows
+
+
+def slow_tasks(runs: list[dict[str, Any]], limit_s: float) -> list[str]:
+    """Names of the task runs that took at least 90 % of ``limit_s`` in any of ``runs``, in the order they start."""
+    first: dict[str, float] = {}
+    for run in runs:
+        for line in run.get("tasks", []):
+            start, duration, name = line.split(" ", 2)
+            if float(duration) >= 0.9 * limit_s:
+                first[name] = min(float(start), first.get(name, float(start)))
+    return sorted(first, key=first.__getitem__)
+
+
+def summarize_replace(rows: list[dict[str, Any]], connect_timeout_s: float) -> dict[str, Any]:
+    """Medians per case: the replace run, each of the two scale runs and their sum (per round), the ratio, the time
+    outside the changes (reading, planning, the lock, publishing); for the dead case the failed connects to the dead
+    host and the task runs that waited out a connect timeout."""
+    out: dict[str, Any] = {}
+    for case, (replace, pair) in REPLACE_CASES.items():
+        out[f"{case}_replace_s"] = median([r[replace]["s"] for r in rows])
+        out[f"{case}_sum_s"] = median([sum(r[key]["s"] for key in pair) for r in rows])
+        for key in pair:
+            out[f"{key}_s"] = median([r[key]["s"] for r in rows])
+        out[f"{case}_ratio"] = out[f"{case}_replace_s"] / out[f"{case}_sum_s"]
+        out[f"{case}_replace_outside_s"] = median([r[replace]["s"] - r[replace]["changes_s"] for r in rows])
+        out[f"{case}_sum_outside_s"] = median([sum(r[key]["s"] - r[key]["changes_s"] for key in pair) for r in rows])
+    for key in ("dead_replace", "dead_down", "dead_up"):
+        out[f"{key}_connects"] = median([r[key]["dead_connects"] for r in rows])
+        out[f"{key}_connect_wall_s"] = median([r[key]["dead_connect_wall_s"] for r in rows])
+        out[f"{key}_slow_tasks"] = slow_tasks([r[key] for r in rows], connect_timeout_s)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- report
 def median(values: list[float]) -> float:
     """The median of values."""
@@ -268,8 +461,11 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**NOT met**"
 
 
-def write_report(summary: dict[str, Any], rounds: int, command: str, when: str | None = None) -> None:
-    """Write BENCHMARKS.md from the summary (``when``: the UTC time of the measurement, default now)."""
+def write_report(summary: dict[str, Any], rounds: int, command: str, when: str | None = None,
+                 replace: dict[str, Any] | None = None, endpoints_when: str | None = None) -> None:
+    """Write BENCHMARKS.md from the summary (``when``: the UTC time of the measurement, default now), the
+    replace-node figures (``replace``: bench/results.json's "replace") and when the endpoint figures were taken
+    (``endpoints_when``, if not with the rest)."""
     s = summary
     when = when or f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
     lines = [
@@ -304,13 +500,15 @@ def write_report(summary: dict[str, Any], rounds: int, command: str, when: str |
         lines += [
             "",
             "`[meta] endpoints` update (the flow's `update_query_meta_endpoints` tasks, mapped in parallel, fresh SSH",
-            "pool each time so the handshakes are included), on a second lab with 1 meta and 10 query hosts:",
+            "pool each time so the handshakes are included), on a second lab with 1 meta and 10 query hosts"
+            + (f" (measured {endpoints_when} UTC)" if endpoints_when and endpoints_when != when else "") + ":",
             "",
             "| query hosts | 1 | 5 | 10 | ratio 10/1 | goal | |",
             "|---|---|---|---|---|---|---|",
             f"| wall time | {s['endpoints_1_s']:.2f} s | {s['endpoints_5_s']:.2f} s | {s['endpoints_10_s']:.2f} s | "
             f"{s['ratio_endpoints_10_1']:.2f} | ≤ 2 | {verdict(s['ratio_endpoints_10_1'] <= 2)} |",
         ]
+    lines += replace_section(replace)
     lines += kv_section()
     lines += [
         "",
@@ -345,27 +543,84 @@ def write_report(summary: dict[str, Any], rounds: int, command: str, when: str |
 
 
 def history_section() -> list[str]:
-    """A table of every recorded `make bench` run (bench/history.jsonl)."""
+    """Tables of every recorded `make bench` run (bench/history.jsonl): the scale part, then replace-node."""
     if not HISTORY.exists():
         return []
     rows = [json.loads(line) for line in HISTORY.read_text().splitlines() if line.strip()]
+    load = lambda r: f"{r['load1']:.1f}" if r.get("load1") is not None else r.get("load_note", "-")  # noqa: E731
     out = ["History (`bench/history.jsonl`, one line per run):", "",
            "| when (UTC) | load avg (1 min) | rounds | flow/script up+down | latency median | endpoints 10/1 |",
            "|---|---|---|---|---|---|"]
     for r in rows:
-        load = f"{r['load1']:.1f}" if r.get("load1") is not None else r.get("load_note", "-")
-        out.append(f"| {r['when']} | {load} | {r['rounds']} | {r['ratio_total']:.2f} | "
-                   f"{r['latency_ms']:.0f} ms | {r.get('endpoints_ratio') or 0:.2f} |")
+        if r.get("part", "scale") == "scale":
+            out.append(f"| {r['when']} | {load(r)} | {r['rounds']} | {r['ratio_total']:.2f} | "
+                       f"{r['latency_ms']:.0f} ms | {r.get('endpoints_ratio') or 0:.2f} |")
+    replaced = [r for r in rows if r.get("part") == "replace"]
+    if replaced:
+        out += ["", "| when (UTC) | load avg (1 min) | rounds | replace-node / (down + up), live | same, dead |",
+                "|---|---|---|---|---|"]
+        out += [f"| {r['when']} | {load(r)} | {r['rounds']} | {r['live_ratio']:.2f} | {r['dead_ratio']:.2f} |"
+                for r in replaced]
     return out + [""]
 
 
 def record_history(summary: dict[str, Any], rounds: int, when: str, load1: float) -> None:
-    """Append this run's headline figures to bench/history.jsonl."""
+    """Append this run's headline figures of the scale part to bench/history.jsonl."""
     row = {"when": when, "load1": load1, "rounds": rounds, "ratio_total": summary["ratio_total"],
            "latency_ms": summary["flow_up_latency_s"] * 1000, "endpoints_ratio": summary.get("ratio_endpoints_10_1")}
     with HISTORY.open("a") as handle:
         handle.write(json.dumps(row) + "\n")
 
+
+def record_replace_history(summary: dict[str, Any], rounds: int, when: str, load1: float) -> None:
+    """Append this run's replace-node ratios to bench/history.jsonl (a line with "part": "replace")."""
+    row = {"part": "replace", "when": when, "load1": load1, "rounds": rounds, "live_ratio": summary["live_ratio"],
+           "dead_ratio": summary["dead_ratio"]}
+    with HISTORY.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def replace_section(replace: dict[str, Any] | None) -> list[str]:
+    """The replace-node table (bench/results.json's "replace"), if measured."""
+    if not replace:
+        return []
+    s, rounds = replace["summary"], len(replace["rounds"])
+    waits = lambda key: ", ".join(f"`{name}`" for name in s[f"{key}_slow_tasks"]) or "none"  # noqa: E731
+    return [
+        "",
+        "replace-node (issue #12) against a scale-down and a scale-up that reach the same end state "
+        f"(`{replace['command']}`",
+        f"on {replace['when']} UTC, load avg {replace['load1']:.1f}; {rounds} round{'s' if rounds != 1 else ''}, "
+        "medians). Each side starts from a reset lab (3 voters, meta-1 leader); the",
+        "flows run in-process against the bench's Prefect server with `require_approval=False`, and which side goes",
+        "first alternates between rounds. Dead: meta3 is powered off (`Lab.stop_host`) after the reset; the forced",
+        "scale-down needs `accept_no_fault_tolerance=True` (it ends on 2 voters).",
+        "",
+        "| change | replace-node | scale-down + scale-up (sum) | ratio |",
+        "|---|---|---|---|",
+        f"| live: meta-2 → spare2 (add first, then remove) | {s['live_replace_s']:.2f} s | "
+        f"{s['live_sum_s']:.2f} s (up {s['live_up_s']:.2f} + down {s['live_down_s']:.2f}) | {s['live_ratio']:.2f} |",
+        f"| dead: meta-3 → spare1 (remove first, forced, then add) | {s['dead_replace_s']:.2f} s | "
+        f"{s['dead_sum_s']:.2f} s (down {s['dead_down_s']:.2f} + up {s['dead_up_s']:.2f}) | {s['dead_ratio']:.2f} |",
+        "",
+        "replace-node reads the cluster, plans, publishes one plan, waits for one approval and takes the lock once",
+        "where the two runs do each twice (time outside the changes, live / dead: "
+        f"{s['live_replace_outside_s']:.1f} s / {s['dead_replace_outside_s']:.1f} s against "
+        f"{s['live_sum_outside_s']:.1f} s / {s['dead_sum_outside_s']:.1f} s),",
+        "and it leaves no window between the two changes, in which the cluster would stay on 4 voters (live) or on 2",
+        "voters that tolerate no failure (dead) until a second plan is approved.",
+        "",
+        f"A dead host costs the inventory's SSH connect timeout ({replace['connect_timeout_s']:g} s in the lab) on "
+        "every read that still lists it, and a",
+        f"dead replacement is dominated by that: replace-node waited out {s['dead_replace_connects']:.0f} failed "
+        f"connects to meta3 ({s['dead_replace_connect_wall_s']:.1f} s of its {s['dead_replace_s']:.1f} s, in "
+        f"{waits('dead_replace')}),",
+        f"the forced scale-down {s['dead_down_connects']:.0f} ({s['dead_down_connect_wall_s']:.1f} s of "
+        f"{s['dead_down_s']:.1f} s, in {waits('dead_down')}),",
+        f"the scale-up after it {s['dead_up_connects']:.0f} (meta3 has left the inventory). Raw figures, with each "
+        "run's task runs (start offset",
+        "and duration), in `bench/results.json` under `replace`; the figures move with the machine's load.",
+    ]
 
 def kv_section() -> list[str]:
     """The "no data lost under load" figures from bench/kv-under-load.json (written by the KV test), if present."""
@@ -390,49 +645,77 @@ def kv_section() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; write BENCHMARKS.md and bench/results.json."""
+    """Run the benchmark (every part, or those of --only); write BENCHMARKS.md and bench/results.json, keeping the
+    saved figures of the parts not measured this time."""
     parser = argparse.ArgumentParser(prog="python -m bench.run_bench")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", action="append", choices=PARTS,
+                        help="measure only this part (repeatable); the others keep their figures in bench/results.json")
     parser.add_argument("--skip-endpoints", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rewrite BENCHMARKS.md from bench/*.json")
     args = parser.parse_args(argv)
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.report_only:
-        saved = json.loads(RESULTS.read_text())
         write_report(summarize(saved["rounds"], saved["endpoints"]), len(saved["rounds"]),
-                     saved.get("command", "make bench"), saved.get("when"))
+                     saved.get("command", "make bench"), saved.get("when"), saved.get("replace"),
+                     saved.get("endpoints_when"))
         print(REPORT.read_text())
         return 0
+    parts = set(args.only or PARTS) - ({"endpoints"} if args.skip_endpoints else set())
+    if "scale" not in parts and not saved.get("rounds"):
+        parser.error("no saved scale figures in bench/results.json: measure the scale part too")
     command = "make bench" + (f" BENCH_ARGS='{' '.join(argv or sys.argv[1:])}'" if (argv or sys.argv[1:]) else "")
+    from metascale.inventory import load_inventory
     from sandbox.lab import Lab
 
     rows: list[dict[str, Any]] = []
+    replace_rows: list[dict[str, Any]] = []
     endpoints = None
+    connect_timeout_s = 0.0
     load1 = os.getloadavg()[0]
     with prefect_server():
         probe = Probe()
         probe.install()
-        lab = Lab(str(REPO / ".lab-bench"), PREFIX)
-        if lab.is_up():
-            lab.down()
-        log(f"bringing up lab {PREFIX} (3 meta, 2 spare, 2 query)")
-        lab.up(meta=3, spare=2, query=2)
-        try:
-            with tempfile.TemporaryDirectory(prefix="metascale-bench-") as work:
-                warm_up(lab, Path(work))
-                for index in range(args.rounds):
-                    rows.append(one_round(lab, probe, flow_first=index % 2 == 0, work=Path(work)))
-                    log(f"round {index + 1}: " + ", ".join(f"{k}={v:.2f}" for k, v in rows[-1].items()
-                                                          if isinstance(v, float)))
-        finally:
-            lab.down()
-        if not args.skip_endpoints:
+        if parts & {"scale", "replace"}:
+            lab = Lab(LAB_DIR, PREFIX)
+            if lab.is_up():
+                lab.down()
+            log(f"bringing up lab {PREFIX} in {LAB_DIR} (3 meta, 2 spare, 2 query)")
+            lab.up(meta=3, spare=2, query=2)
+            connect_timeout_s = load_inventory(lab.inventory).ssh.connect_timeout_s
+            try:
+                with tempfile.TemporaryDirectory(prefix="metascale-bench-") as work:
+                    warm_up(lab, Path(work))
+                    for index in range(args.rounds if "scale" in parts else 0):
+                        rows.append(one_round(lab, probe, flow_first=index % 2 == 0, work=Path(work)))
+                        log(f"round {index + 1}: " + ", ".join(f"{k}={v:.2f}" for k, v in rows[-1].items()
+                                                              if isinstance(v, float)))
+                    if "replace" in parts:
+                        replace_rows = replace_part(lab, probe, args.rounds, Path(work))
+            finally:
+                lab.down()
+        if "endpoints" in parts:
             endpoints = endpoint_rounds(args.rounds)
-    summary = summarize(rows, endpoints)
     when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
-    RESULTS.write_text(json.dumps({"command": command, "when": when, "rounds": rows, "endpoints": endpoints,
-                                   "summary": summary}, indent=2) + "\n")
-    record_history(summary, args.rounds, when, load1)
-    write_report(summary, args.rounds, command)
+    results: dict[str, Any] = dict(saved)
+    if rows:
+        results.update(command=command, when=when, rounds=rows)
+        results.pop("endpoints_when", None)
+    if endpoints is not None:
+        results["endpoints"] = endpoints
+        results["endpoints_when"] = when
+    elif rows and saved.get("endpoints"):
+        results["endpoints_when"] = saved.get("endpoints_when") or saved.get("when")
+    results["summary"] = summary = summarize(results["rounds"], results.get("endpoints"))
+    if replace_rows:
+        results["replace"] = {"command": command, "when": when, "load1": load1, "connect_timeout_s": connect_timeout_s,
+                              "rounds": replace_rows, "summary": summarize_replace(replace_rows, connect_timeout_s)}
+        record_replace_history(results["replace"]["summary"], args.rounds, when, load1)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    if rows:
+        record_history(summary, args.rounds, when, load1)
+    write_report(summary, len(results["rounds"]), results.get("command", "make bench"), results.get("when"),
+                 results.get("replace"), results.get("endpoints_when"))
     log(f"wrote {REPORT} and {RESULTS}")
     print(REPORT.read_text())
     return 0

@@ -1,5 +1,5 @@
-"""The `metascale` command: `status` (plain core, no Prefect), `scale-up`, `scale-down` and `sync-inventory` (the
-Prefect flows).
+"""The `metascale` command: `status` (plain core, no Prefect), `scale-up`, `scale-down`, `replace` and
+`sync-inventory` (the Prefect flows).
 
 `scale-up` / `scale-down` / `sync-inventory` run the same flows as the deployments, in this process, against
 PREFECT_API_URL: they take the same cluster lock as deployment runs, so without PREFECT_API_URL a real change is
@@ -56,6 +56,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="restart the query nodes one at a time after their endpoints are written")
     down.add_argument("--accept-no-fault-tolerance", action="store_true",
                       help="allow a change that leaves 1 or 2 voters (no failure tolerated); refused without it")
+    replace = sub.add_parser("replace", help="replace a meta node by a new host in one run (runs the replace-node "
+                                             "flow: a dead node is removed first, a live one after the new joined)")
+    replace.add_argument("--inventory", required=True)
+    replace.add_argument("--id", type=int, required=True, help="raft id of the node to replace")
+    replace.add_argument("--host", default="", help="the new host (default: the first free [[spare]] of the "
+                                                     "inventory)")
+    replace.add_argument("--dry-run", action="store_true", help="plan only; change nothing")
+    replace.add_argument("--verify-deadline", type=float, default=60)
+    replace.add_argument("--leave-timeout", type=float, default=60)
+    replace.add_argument("--reset-new-node", action="store_true",
+                         help="the new host runs databend-meta as a one-node cluster of its own: stop it and move its "
+                              "raft dir aside first")
+    replace.add_argument("--restart-query-nodes", action="store_true",
+                         help="restart the query nodes one at a time after their endpoints are written")
     sync = sub.add_parser("sync-inventory", help="write the cluster's membership into the inventory file (runs "
                                                  "the sync-inventory flow; shows the diff first)")
     sync.add_argument("--inventory", required=True, help="path to the cluster's inventory TOML")
@@ -163,11 +177,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "status":
             return int(cmd_status(args.inventory))
-        if args.command in ("scale-up", "scale-down", "sync-inventory"):
+        if args.command in ("scale-up", "scale-down", "sync-inventory", "replace"):
             refusal = team_api_refusal(args.command, args.dry_run)
             if refusal:
                 print(f"refused: {refusal}", file=sys.stderr)
                 return int(ExitCode.REFUSED)
+        if args.command == "replace":
+            from flows.replace_node import replace_node
+
+            # the operator who types the command is the approval: no pause for a UI answer (deployment runs pause)
+            return int(_run_flow(replace_node, node_id=args.id, new_host=args.host, inventory=args.inventory,
+                                 dry_run=args.dry_run, require_approval=False, verify_deadline_s=args.verify_deadline,
+                                 leave_timeout_s=args.leave_timeout, reset_new_node=args.reset_new_node,
+                                 restart_query_nodes=args.restart_query_nodes))
         if args.command == "sync-inventory":
             from flows.sync_inventory import sync_inventory
 

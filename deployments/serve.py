@@ -1,10 +1,13 @@
-"""Serve scale-up, scale-down, cluster-check and sync-inventory from this one process (no work pool, no worker).
+"""Serve scale-up, scale-down, cluster-check, sync-inventory and replace-node from this one process (no work pool,
+no worker).
 
     python -m deployments.serve            # needs PREFECT_API_URL pointing at a Prefect server
 
-The deployments are built from prefect.yaml (deployments/specs.py): the same names, descriptions, parameters, tags
-and schedules as `prefect deploy --all`. Runs execute as subprocesses of this process. On SIGTERM it stops
-gracefully and pauses its deployments (Prefect's `serve` behaviour); starting it again un-pauses them.
+The deployments are built from prefect.yaml (deployments/specs.py): the same names, descriptions, parameters, tags,
+schedules and triggers as `prefect deploy --all`, so serving creates the same automation (`replace-node-on-proposal`:
+cluster-check's `metascale.replace-node.proposed` event starts replace-node paused for approval). Runs execute as
+subprocesses of this process. On SIGTERM it stops gracefully and pauses its deployments (Prefect's `serve`
+behaviour); starting it again un-pauses them.
 """
 
 from __future__ import annotations

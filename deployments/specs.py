@@ -1,7 +1,8 @@
 """The one description of metascale's deployments: read from prefect.yaml, used by `serve` and by the tests.
 
 `prefect deploy --all` reads prefect.yaml itself; deployments/serve.py builds its deployments from `load_specs()`,
-so names, descriptions, parameters, tags and schedules are the same by construction.
+so names, descriptions, parameters, tags, schedules and triggers (the automations Prefect creates for a deployment)
+are the same by construction.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 WORK_POOL = "metascale-pool"
-DEPLOYMENT_NAMES = ("scale-up", "scale-down", "cluster-check", "sync-inventory")
+DEPLOYMENT_NAMES = ("scale-up", "scale-down", "cluster-check", "sync-inventory", "replace-node")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class DeploymentSpec:
     parameters: dict[str, Any]
     schedules: tuple[ScheduleSpec, ...]
     work_pool: str
+    triggers: tuple[dict[str, Any], ...] = ()   # prefect.yaml's `triggers:` entries, as written
+
+    def deployment_triggers(self) -> list[Any]:
+        """The `triggers:` as Prefect deployment triggers (e.g. `DeploymentEventTrigger`), validated and named the
+        way `prefect deploy` does it (an unnamed trigger becomes `<deployment>__automation_<n>`)."""
+        return _triggers(self.name, self.triggers)
 
     @property
     def module(self) -> str:
@@ -64,6 +71,33 @@ def _schedule(deployment: str, raw: dict[str, Any]) -> ScheduleSpec:
                         parameters=dict(raw.get("parameters") or {}))
 
 
+def _triggers(deployment: str, raw: tuple[dict[str, Any], ...]) -> list[Any]:
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
+    return [adapter.validate_python({"name": f"{deployment}__automation_{i}", **spec})
+            for i, spec in enumerate(raw, start=1)]
+
+
+def _trigger_specs(path: Path, deployment: str, raw: Any) -> tuple[dict[str, Any], ...]:
+    """prefect.yaml's `triggers:` of ``deployment``, checked now (a bad trigger fails loading, not deploying)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ValueError(f"{path}: deployment {deployment!r}: `triggers` must be a list of mappings")
+    from pydantic import ValidationError
+
+    specs = tuple(raw)
+    try:
+        _triggers(deployment, specs)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                             for e in exc.errors())
+        raise ValueError(f"{path}: deployment {deployment!r} has an invalid trigger: {problems}") from None
+    return specs
+
+
 def load_specs(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
     """Parse prefect.yaml's `deployments:` into specs. Raises ValueError naming the file and the bad entry."""
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -75,14 +109,15 @@ def load_specs(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
                 name=raw["name"], entrypoint=raw["entrypoint"], description=str(raw["description"]),
                 tags=tuple(raw.get("tags") or ()), parameters=dict(raw.get("parameters") or {}),
                 schedules=tuple(_schedule(name, s) for s in raw.get("schedules") or ()),
-                work_pool=raw["work_pool"]["name"]))
+                work_pool=raw["work_pool"]["name"], triggers=_trigger_specs(path, name, raw.get("triggers"))))
         except KeyError as exc:
             raise ValueError(f"{path}: deployment {name!r} lacks required key {exc.args[0]!r}") from None
     return specs
 
 
 def to_runner_deployments(specs: list[DeploymentSpec]) -> list[Any]:
-    """Build `RunnerDeployment`s (for `prefect.serve`) with exactly the specs' names, parameters, tags, schedules."""
+    """Build `RunnerDeployment`s (for `prefect.serve`) with exactly the specs' names, parameters, tags, schedules
+    and triggers (applying one creates its automations, as `prefect deploy` does)."""
     from prefect.schedules import Cron
 
     return [
@@ -93,6 +128,7 @@ def to_runner_deployments(specs: list[DeploymentSpec]) -> list[Any]:
             parameters=spec.parameters,
             schedules=[Cron(s.cron, timezone=s.timezone, active=s.active, parameters=s.parameters)
                        for s in spec.schedules],
+            triggers=spec.deployment_triggers(),
         )
         for spec in specs
     ]

@@ -284,6 +284,55 @@ def approve_and_replan(
     return cluster, before, query_facts
 
 
+MakePlan = Callable[[Inventory], tuple[ScalePlan, ClusterStatus, dict[str, QueryFacts]]]
+Apply = Callable[[Inventory, ScalePlan, "rb.Progress", dict[str, QueryFacts]], Inventory]
+Undo = Callable[[Inventory, ScalePlan, "rb.Progress"], None]
+
+
+def run_change(action: str, make_plan: MakePlan, apply: Apply, *, inventory: str, cluster_block: str, dry_run: bool,
+               require_approval: bool, approval_timeout_s: int, maintenance_window: str, override_window: bool,
+               undo: Undo | None = None) -> ScaleOutcome:
+    """The shape every change-making flow shares, in order: the cluster's SSH pool and lock; the inventory read
+    again under the lock; ``make_plan`` (read-only); the plan published; dry run / nothing to do; fault tolerance and
+    the maintenance window; the approval gate (plan made again and compared); then ``apply`` under the change guard,
+    and on failure ``undo`` (what the cluster never took) and the diagnostics; the before/after status table.
+
+    Returns the run's ScaleOutcome. Raises: PlanRefused (nothing changed), ScaleFailed (state and next step)."""
+    from tasks.pool import run_pool
+
+    cluster, key_text = resolve_cluster(inventory, cluster_block)
+    tag_flow_run(cluster.name)
+    with run_pool(cluster, key_text), cluster_lock(cluster.name, action) as lock:
+        cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
+        plan, before, query_facts = make_plan(cluster)
+        plan = note_interrupted_change(plan, lock)  # the last change on this cluster did not finish
+        publish_plan(plan)
+        if dry_run:
+            refusal = plan.fault_tolerance_refusal()
+            return ScaleOutcome.planned(plan, "dry run: nothing was changed"
+                                        + (f"; a real run would be refused: {refusal}" if refusal else ""),
+                                        dry_run=True)
+        if plan.nothing_to_do:
+            return ScaleOutcome.planned(plan, plan.summary(), dry_run=False)
+        refuse_without_fault_tolerance(action, plan)
+        check_maintenance_window(action, maintenance_window, override_window)
+        if require_approval:
+            cluster, before, query_facts = approve_and_replan(
+                action, plan, lock, make_plan, inventory=inventory, cluster_block=cluster_block,
+                timeout_s=approval_timeout_s, maintenance_window=maintenance_window, override_window=override_window)
+        with change_guard(lock) as guard:  # SIGTERM / a lost lock: stop at the next step boundary
+            progress = GuardedProgress.under(guard)
+            try:
+                final = apply(cluster, plan, progress, query_facts)
+            except Exception as exc:
+                if undo is not None:
+                    undo(cluster, plan, progress)
+                fail_with_diagnostics(action, cluster, plan, progress, exc)
+        after = rb.read_cluster_status(final)
+        publish_status_table(cluster.name, status_rows(before, after), f"{action}: {plan.summary()}")
+        return ScaleOutcome.applied(plan, progress, after)
+
+
 def refuse_without_fault_tolerance(action: str, plan: ScalePlan) -> None:
     """Refuse a plan that leaves 1 or 2 voters unless the operator accepted it (accept_no_fault_tolerance)."""
     reason = plan.fault_tolerance_refusal()
@@ -348,6 +397,13 @@ class ScaleOutcome(BaseModel):
         return cls(action=plan.action, cluster=plan.cluster, changed=bool(changed), message=message,
                    voters_before=list(plan.voters_before), voters_after=list(voters), changed_steps=changed,
                    skipped_steps=skipped, elapsed_s=elapsed, waited_s=waited, plan_markdown=plan.to_markdown())
+
+
+def ssh_silent_hosts(status: ClusterStatus) -> set[str]:
+    """The hosts whose SSH connection failed in ``status`` (HostUnreachable; not a refused key or login, which is a
+    host that answered). Planning does not dial them again: each try of a powered-off host waits out the whole
+    connect timeout, and the answer would be the same."""
+    return {p.host for p in status.probes if p.status is None and p.error_type == "HostUnreachable"}
 
 
 def read_query_facts(cluster: Inventory) -> dict[str, QueryFacts]:

@@ -9,25 +9,14 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
+    run_change,
     PARALLEL_HOSTS,
     ScaleOutcome,
     read_query_facts,
     restart_query_nodes_one_at_a_time,
     check_common_parameters,
-    check_maintenance_window,
-    GuardedProgress,
-    change_guard,
-    cluster_lock,
-    note_interrupted_change,
-    approve_and_replan,
-    refuse_without_fault_tolerance,
     cluster_name_for_run_name,
-    fail_with_diagnostics,
-    publish_plan,
-    publish_status_table,
-    resolve_cluster,
-    status_rows,
-    tag_flow_run,
+    ssh_silent_hosts,
 )
 from metascale.errors import ClusterNotConverged, PlanRefused
 from metascale.inventory import Inventory
@@ -36,7 +25,6 @@ from metascale.drift import member_meta_node
 from metascale.preview import as_meta_node, view_of_cluster
 from metascale.status import ClusterStatus
 from tasks import runbook as rb
-from tasks.pool import run_pool
 
 ACTION = "scale-down"
 TRANSFER_ATTEMPTS = 4
@@ -87,51 +75,26 @@ def scale_down(
         raise PlanRefused(ACTION, f"leave_timeout_s must be > 0 (got {leave_timeout_s})")
     if any(i < 0 for i in node_ids):
         raise PlanRefused(ACTION, f"node ids must be >= 0 (got {node_ids})")
-    cluster, key_text = resolve_cluster(inventory, cluster_block)
-    tag_flow_run(cluster.name)
-    with run_pool(cluster, key_text), cluster_lock(cluster.name, ACTION) as lock:
-        cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
-        plan, before, query_facts = _make_plan(cluster, node_ids, force, restart_query_nodes,
-                                               accept_no_fault_tolerance)
-        plan = note_interrupted_change(plan, lock)  # the last change on this cluster did not finish
-        publish_plan(plan)
-        if dry_run:
-            refusal = plan.fault_tolerance_refusal()
-            return ScaleOutcome.planned(plan, "dry run: nothing was changed"
-                                        + (f"; a real run would be refused: {refusal}" if refusal else ""),
-                                        dry_run=True)
-        if plan.nothing_to_do:
-            return ScaleOutcome.planned(plan, plan.summary(), dry_run=False)
-        refuse_without_fault_tolerance(ACTION, plan)
-        check_maintenance_window(ACTION, maintenance_window, override_window)
-        if require_approval:
-            cluster, before, query_facts = approve_and_replan(
-                ACTION, plan, lock, lambda c: _make_plan(c, node_ids, force, restart_query_nodes, accept_no_fault_tolerance),
-                inventory=inventory, cluster_block=cluster_block, timeout_s=approval_timeout_s,
-                maintenance_window=maintenance_window, override_window=override_window)
-        with change_guard(lock) as guard:  # SIGTERM / a lost lock: stop at the next step boundary
-            progress = GuardedProgress.under(guard)
-            try:
-                final = _apply(cluster, plan, progress, leave_timeout_s, verify_deadline_s, inventory, cluster_block,
-                               query_facts)
-            except Exception as exc:
-                fail_with_diagnostics(ACTION, cluster, plan, progress, exc)
-        after = rb.read_cluster_status(final)
-        publish_status_table(cluster.name, status_rows(before, after), f"{ACTION}: {plan.summary()}")
-        return ScaleOutcome.applied(plan, progress, after)
+    return run_change(
+        ACTION, lambda c: _make_plan(c, node_ids, force, restart_query_nodes, accept_no_fault_tolerance),
+        lambda c, plan, progress, facts: _apply(c, plan, progress, leave_timeout_s, verify_deadline_s, inventory,
+                                                cluster_block, facts),
+        inventory=inventory, cluster_block=cluster_block, dry_run=dry_run, require_approval=require_approval,
+        approval_timeout_s=approval_timeout_s, maintenance_window=maintenance_window, override_window=override_window)
 
 
 def _make_plan(cluster: Inventory, node_ids: list[int], force: bool, restart_query_nodes: bool,
                accept_no_fault_tolerance: bool) -> tuple[ScalePlan, ClusterStatus, dict[str, QueryFacts]]:
     """Read the cluster and the hosts involved and plan the removal (with file diffs): (plan, status, query facts).
     Read-only. Raises: PlanRefused."""
-    rb.check_meta_versions(cluster, [n.host for n in cluster.meta_nodes])
     before = rb.read_cluster_status(cluster)
+    silent = ssh_silent_hosts(before)  # not dialled again: planned as unreachable
+    rb.check_meta_versions(cluster, [n.host for n in cluster.meta_nodes if n.host not in silent])
     view = view_of_cluster(before)
     hosts = [n.host for n in cluster.meta_nodes if n.node_id in node_ids]
     hosts += [n.host for i in node_ids if i not in cluster.meta_ids and i in view.members  # half-added, unlisted
               and (n := member_meta_node(i, view.node_addrs.get(i, ""), view.grpc_addrs.get(i, ""))) is not None]
-    reachable = rb.reachable_hosts(cluster, hosts)
+    reachable = rb.reachable_hosts(cluster, [h for h in hosts if h not in silent])
     query_facts = read_query_facts(cluster)
     plan = plan_scale_down(cluster, view, node_ids, force=force, reachable_hosts=reachable,
                            query_facts=query_facts, restart_query_nodes=restart_query_nodes,
@@ -145,7 +108,7 @@ def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, leave_tim
     """Carry out ``plan`` (already approved); return the inventory as recorded at the end."""
     current = cluster
     for change in plan.changes:
-        _remove_one(current, change, progress, leave_timeout_s, deadline_s, plan)
+        remove_one_node(current, change, progress, leave_timeout_s, deadline_s, plan)
         current = current.with_removed_record(change.node_id, change.host,  # [[removed]], listed or not
                                               removed_at=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     remaining = list(current.meta_nodes)
@@ -163,24 +126,25 @@ def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, leave_tim
     return current
 
 
-def _remove_one(cluster: Inventory, change: NodeChange, progress: rb.Progress, leave_timeout_s: float,
-                deadline_s: float, plan: ScalePlan) -> None:
+def remove_one_node(cluster: Inventory, change: NodeChange, progress: rb.Progress, leave_timeout_s: float,
+                    deadline_s: float, plan: ScalePlan, *, action: str = ACTION) -> None:
     """Remove one node: leadership, leave, verify, stop, retire, verify stable. Each step is a no-op when done.
 
     Leadership is checked right before the leave, whoever the plan saw leading: if this node leads now, it moves
     to a voter that stays (never to another node of the same request)."""
     logger = get_run_logger()
-    answering = plan.answering
+    answering = {*plan.answering, *(c.node_id for c in plan.changes if c.action == "add")}  # replace-node: the
+    # node added before this removal answers by now (verified joined): it is no voter "silent before the run"
     if change.node_id not in cluster.meta_ids:  # a half-added member the inventory never listed: its node record
         cluster = cluster.with_meta_node(as_meta_node(change))  # names its host; reach it with the inventory's SSH
     node = cluster.meta_node(change.node_id)
     rest = [n for n in cluster.meta_nodes if n.node_id != change.node_id]
     if not change.already_removed and not change.host_dead:
         progress.step = f"move leadership off meta-{node.node_id}"
-        _move_leadership(cluster, node.node_id, plan.transfer_targets(node.node_id), progress, deadline_s)
+        _move_leadership(cluster, node.node_id, plan.transfer_targets(node.node_id), progress, deadline_s, action)
     if not change.already_removed:
         progress.step = f"re-check quorum before meta-{node.node_id} leaves"
-        rb.check_quorum_before_leave(cluster, node.node_id, list(change.voters_after))
+        rb.check_quorum_before_leave(cluster, node.node_id, list(change.voters_after), change.host_dead, action)
         progress.step = f"leave meta-{node.node_id}"
         progress.record([rb.leave_cluster(cluster, node.node_id, list(change.leave_via), leave_timeout_s)])
     progress.verify(f"verify meta-{node.node_id} is removed",
@@ -203,7 +167,7 @@ def _remove_one(cluster: Inventory, change: NodeChange, progress: rb.Progress, l
 
 
 def _move_leadership(cluster: Inventory, node_id: int, targets: list[int], progress: rb.Progress,
-                     deadline_s: float) -> None:
+                     deadline_s: float, action: str = ACTION) -> None:
     """Transfer leadership from ``node_id`` to ``targets[0]`` and verify; if it did not move, transfer again (to the
     next target in turn: a target that is still catching up can make the transfer fail quietly)."""
     for attempt in range(1, TRANSFER_ATTEMPTS + 1):
@@ -212,7 +176,7 @@ def _move_leadership(cluster: Inventory, node_id: int, targets: list[int], progr
             get_run_logger().info("meta-%d is not the leader (leader: meta-%s): no transfer needed", node_id, leader)
             return
         if not targets:
-            raise PlanRefused(ACTION, f"meta-{node_id} leads now and no voter that stays answered at plan time to "
+            raise PlanRefused(action, f"meta-{node_id} leads now and no voter that stays answered at plan time to "
                                       f"take over; nothing more was changed")
         target = targets[(attempt - 1) % len(targets)]
         progress.record([rb.transfer_leadership(cluster, cluster.meta_node(node_id), target)])

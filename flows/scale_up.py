@@ -7,34 +7,21 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
+    run_change,
     PARALLEL_HOSTS,
     read_query_facts,
     restart_query_nodes_one_at_a_time,
     NewMetaNode,
     ScaleOutcome,
     check_common_parameters,
-    check_maintenance_window,
-    GuardedProgress,
-    change_guard,
-    cluster_lock,
-    note_interrupted_change,
-    approve_and_replan,
-    refuse_without_fault_tolerance,
     cluster_name_for_run_name,
-    fail_with_diagnostics,
-    publish_plan,
-    publish_status_table,
-    resolve_cluster,
-    status_rows,
-    tag_flow_run,
 )
 from metascale.errors import PlanRefused
-from metascale.inventory import Inventory, MetaNode
-from metascale.plan import NewNodeSpec, QueryFacts, ScalePlan, plan_scale_up
+from metascale.inventory import Inventory, MetaNode, SshOverride
+from metascale.plan import NewNodeSpec, NodeChange, QueryFacts, ScalePlan, plan_scale_up
 from metascale.preview import as_meta_node, source_node, view_of_cluster
 from metascale.status import ClusterStatus
 from tasks import runbook as rb
-from tasks.pool import run_pool
 
 ACTION = "scale-up"
 
@@ -86,39 +73,13 @@ def scale_up(
                             maintenance_window)
     if not new_nodes:
         raise PlanRefused(ACTION, "new_nodes is empty; name at least one host to add")
-    cluster, key_text = resolve_cluster(inventory, cluster_block)
-    tag_flow_run(cluster.name)
     specs = [NewNodeSpec(**n.model_dump()) for n in new_nodes]
-    with run_pool(cluster, key_text), cluster_lock(cluster.name, ACTION) as lock:
-        cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
-        plan, before, query_facts = _make_plan(cluster, specs, reset_new_node, restart_query_nodes,
-                                               accept_no_fault_tolerance)
-        plan = note_interrupted_change(plan, lock)  # the last change on this cluster did not finish
-        publish_plan(plan)
-        if dry_run:
-            refusal = plan.fault_tolerance_refusal()
-            return ScaleOutcome.planned(plan, "dry run: nothing was changed"
-                                        + (f"; a real run would be refused: {refusal}" if refusal else ""),
-                                        dry_run=True)
-        if plan.nothing_to_do:
-            return ScaleOutcome.planned(plan, plan.summary(), dry_run=False)
-        refuse_without_fault_tolerance(ACTION, plan)
-        check_maintenance_window(ACTION, maintenance_window, override_window)
-        if require_approval:
-            cluster, before, query_facts = approve_and_replan(
-                ACTION, plan, lock, lambda c: _make_plan(c, specs, reset_new_node, restart_query_nodes, accept_no_fault_tolerance),
-                inventory=inventory, cluster_block=cluster_block, timeout_s=approval_timeout_s,
-                maintenance_window=maintenance_window, override_window=override_window)
-        with change_guard(lock) as guard:  # SIGTERM / a lost lock: stop at the next step boundary
-            progress = GuardedProgress.under(guard)
-            try:
-                final = _apply(cluster, plan, progress, verify_deadline_s, inventory, cluster_block, query_facts)
-            except Exception as exc:
-                _undo_unjoined(cluster, plan, progress)
-                fail_with_diagnostics(ACTION, cluster, plan, progress, exc)
-        after = rb.read_cluster_status(final)
-        publish_status_table(cluster.name, status_rows(before, after), f"{ACTION}: {plan.summary()}")
-        return ScaleOutcome.applied(plan, progress, after)
+    return run_change(
+        ACTION, lambda c: _make_plan(c, specs, reset_new_node, restart_query_nodes, accept_no_fault_tolerance),
+        lambda c, plan, progress, facts: _apply(c, plan, progress, verify_deadline_s, inventory, cluster_block, facts),
+        inventory=inventory, cluster_block=cluster_block, dry_run=dry_run, require_approval=require_approval,
+        approval_timeout_s=approval_timeout_s, maintenance_window=maintenance_window, override_window=override_window,
+        undo=undo_unjoined)
 
 
 def _make_plan(cluster: Inventory, specs: list[NewNodeSpec], reset_new_node: bool, restart_query_nodes: bool,
@@ -161,21 +122,7 @@ def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, deadline_
     """Carry out ``plan`` (already approved); return the inventory as recorded at the end."""
     current = cluster
     for change in plan.changes:
-        node = as_meta_node(change)
-        if change.reset_raft_dir:
-            progress.step = f"reset the raft dir of {node.host}"
-            progress.record([rb.reset_new_node_raft_dir(current, node, change.reset_raft_dir)])
-        if not change.already_member:
-            progress.step = f"copy the config to {node.host}"
-            source = source_node(current, plan)
-            text = rb.copy_config_from_existing_node(current, source)
-            progress.step = f"write the config of meta-{node.node_id}"
-            progress.record([rb.write_new_node_config(current, node, text, list(change.join))])
-            progress.step = f"start meta-{node.node_id}"
-            progress.record([rb.start_meta_service(current, node)])
-        progress.verify(f"verify meta-{node.node_id} joined", lambda: rb.verify_node_joined(current, node, deadline_s))
-        if node.node_id not in current.meta_ids:
-            current = current.with_meta_node(node)
+        current = add_one_node(current, change, plan, progress, deadline_s)
     metas = list(current.meta_nodes)
     progress.step = "update join on every meta node"
     progress.record(rb.update_join_on_existing_nodes.map(unmapped(current), metas, unmapped(list(plan.join_after)))
@@ -191,7 +138,28 @@ def _apply(cluster: Inventory, plan: ScalePlan, progress: rb.Progress, deadline_
     return current
 
 
-def _undo_unjoined(cluster: Inventory, plan: ScalePlan, progress: rb.Progress) -> None:
+def add_one_node(cluster: Inventory, change: NodeChange, plan: ScalePlan, progress: rb.Progress,
+                 deadline_s: float, ssh: SshOverride | None = None) -> Inventory:
+    """Add one node (runbook scale up 1-4): reset its raft dir if planned, copy the config from an existing node,
+    write its id and join, start it, wait until it is a voter and has caught up. Each step is a no-op when done.
+    Returns the inventory with the node listed (with ``ssh``, the spare's SSH override, when it has one)."""
+    node = as_meta_node(change).model_copy(update={"ssh": ssh}) if ssh is not None else as_meta_node(change)
+    if change.reset_raft_dir:
+        progress.step = f"reset the raft dir of {node.host}"
+        progress.record([rb.reset_new_node_raft_dir(cluster, node, change.reset_raft_dir)])
+    if not change.already_member:
+        progress.step = f"copy the config to {node.host}"
+        source = source_node(cluster, plan)
+        text = rb.copy_config_from_existing_node(cluster, source)
+        progress.step = f"write the config of meta-{node.node_id}"
+        progress.record([rb.write_new_node_config(cluster, node, text, list(change.join))])
+        progress.step = f"start meta-{node.node_id}"
+        progress.record([rb.start_meta_service(cluster, node)])
+    progress.verify(f"verify meta-{node.node_id} joined", lambda: rb.verify_node_joined(cluster, node, deadline_s))
+    return cluster if node.node_id in cluster.meta_ids else cluster.with_meta_node(node)
+
+
+def undo_unjoined(cluster: Inventory, plan: ScalePlan, progress: rb.Progress) -> None:
     """After a failure: for each new node the cluster did NOT take (not a voter), put the service back the way it
     was before the run (stop it only if it was not running then, disable it only if it was not enabled then) and
     restore its config from the backup. Nodes that joined keep everything (a rerun finishes the job)."""

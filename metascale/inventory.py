@@ -245,6 +245,37 @@ class RemovedNode(BaseModel):
         return validate_host(value)
 
 
+class SpareHost(BaseModel):
+    """A host in the cluster's spare pool (``[[spare]]``): databend-meta installed, not a member. `replace-node`
+    takes the first free one when no host is named, and records here which node it replaced."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str
+    raft_port: int = DEFAULT_RAFT_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    admin_port: int = DEFAULT_ADMIN_PORT
+    ssh: SshOverride | None = None
+    replaced: int | None = Field(default=None, ge=0, description="set by replace-node: the id of the node this "
+                                                                 "spare replaced (the spare is used)")
+    used_at: str = Field(default="", description="UTC time the spare was used, e.g. 20261202T142233Z")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return validate_host(value)
+
+    @field_validator("raft_port", "grpc_port", "admin_port")
+    @classmethod
+    def _port(cls, value: int) -> int:
+        return _check_port(value)
+
+    @property
+    def used(self) -> bool:
+        """True once replace-node made this spare a meta node."""
+        return self.replaced is not None
+
+
 class QueryNode(BaseModel):
     """One databend-query node whose `[meta] endpoints` follow the meta cluster."""
 
@@ -305,6 +336,7 @@ class Inventory(BaseModel):
     meta_nodes: list[MetaNode] = Field(alias="meta", min_length=1)
     query_nodes: list[QueryNode] = Field(default_factory=list, alias="query")
     removed_nodes: list[RemovedNode] = Field(default_factory=list, alias="removed")
+    spares: list[SpareHost] = Field(default_factory=list, alias="spare")
 
     @field_validator("name")
     @classmethod
@@ -334,6 +366,10 @@ class Inventory(BaseModel):
         dup_q = sorted({h for h in query_hosts if query_hosts.count(h) > 1})
         if dup_q:
             raise ValueError(f"query host {dup_q[0]} appears more than once (hosts must be unique)")
+        spare_hosts = [s.host for s in self.spares]
+        dup_s = sorted({h for h in spare_hosts if spare_hosts.count(h) > 1})
+        if dup_s:
+            raise ValueError(f"spare host {dup_s[0]} appears more than once (hosts must be unique)")
         return self
 
     # ---- queries -------------------------------------------------------------------------------------------
@@ -370,12 +406,22 @@ class Inventory(BaseModel):
         """Return the record of meta node ``node_id`` if metascale removed it earlier, else None."""
         return next((r for r in reversed(self.removed_nodes) if r.node_id == node_id), None)
 
+    def free_spares(self) -> list[SpareHost]:
+        """The spares not used yet and not already a meta node of the inventory, in pool order."""
+        meta_hosts = {n.host for n in self.meta_nodes}
+        return [s for s in self.spares if not s.used and s.host not in meta_hosts]
+
+    def spare(self, host: str) -> SpareHost | None:
+        """Return the spare-pool entry for ``host``, or None."""
+        return next((s for s in self.spares if s.host == host), None)
+
     def ssh_target(self, node: MetaNode | QueryNode | str) -> SshTarget:
         """SSH parameters for ``node`` (a node or a bare host): cluster settings with the node's overrides."""
         host = node if isinstance(node, str) else node.host
         override = None if isinstance(node, str) else node.ssh
         if isinstance(node, str):
-            found = self.meta_node_by_host(host) or next((q for q in self.query_nodes if q.host == host), None)
+            found = (self.meta_node_by_host(host) or next((q for q in self.query_nodes if q.host == host), None)
+                     or self.spare(host))
             override = found.ssh if found else None
         return SshTarget(
             host=host,
@@ -407,9 +453,19 @@ class Inventory(BaseModel):
         removed = [*self.removed_nodes, RemovedNode(node_id=node_id, host=host, removed_at=removed_at)]
         return _validated(self._as_data(removed_nodes=removed), f"inventory {self.name}")
 
+    def with_spare_used(self, host: str, replaced: int, used_at: str = "") -> Inventory:
+        """Return a copy whose spare ``host`` is recorded as used to replace meta-``replaced``; no-op when ``host``
+        is not in the pool or is already recorded so."""
+        spare = self.spare(host)
+        if spare is None or spare.replaced == replaced:
+            return self
+        spares = [s.model_copy(update={"replaced": replaced, "used_at": used_at}) if s.host == host else s
+                  for s in self.spares]
+        return _validated(self._as_data(spares=spares), f"inventory {self.name}")
+
     def _as_data(self, **replace: Any) -> dict[str, Any]:
         data = self.model_dump(by_alias=True, exclude_none=True)
-        for field, alias in (("meta_nodes", "meta"), ("removed_nodes", "removed")):
+        for field, alias in (("meta_nodes", "meta"), ("removed_nodes", "removed"), ("spares", "spare")):
             if field in replace:
                 data[alias] = [n.model_dump(by_alias=True, exclude_none=True) for n in replace[field]]
         return data
@@ -435,6 +491,11 @@ class Inventory(BaseModel):
             for r in data["removed"]:
                 removed.append(_table_with_inline_ssh(r))
             doc.add("removed", removed)
+        if data["spare"]:
+            spare = tomlkit.aot()
+            for entry in data["spare"]:
+                spare.append(_table_with_inline_ssh({k: v for k, v in entry.items() if k != "used_at" or v}))
+            doc.add("spare", spare)
         return tomlkit.dumps(doc)
 
 
@@ -543,6 +604,7 @@ __all__ = [
     "SshOverride",
     "SshSettings",
     "SshTarget",
+    "SpareHost",
     "load_inventory",
     "parse_inventory",
     "check_proxy_command",

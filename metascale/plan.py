@@ -18,7 +18,7 @@ from metascale.drift import SYNC_HINT, inventory_drift, member_meta_node
 from metascale.errors import PlanRefused
 from metascale.redact import redact
 
-Action = Literal["scale-up", "scale-down"]
+Action = Literal["scale-up", "scale-down", "replace-node"]
 
 
 class MetaNodeLike(Protocol):
@@ -208,6 +208,9 @@ class ScalePlan(BaseModel):
     restart_query_nodes: bool = Field(default=False, description="restart the query nodes one at a time at the end")
     accept_no_fault_tolerance: bool = Field(
         default=False, description="the operator accepted ending with 1 or 2 voters (no failure tolerated)")
+    replaces: int | None = Field(default=None, description="replace-node: the id of the node being replaced")
+    spare_host: str = Field(default="", description="replace-node: the [[spare]] entry (as the inventory names it) "
+                                                    "the new node comes from; recorded as used")
 
     @property
     def quorum_before(self) -> int:
@@ -257,6 +260,8 @@ class ScalePlan(BaseModel):
         found = []
         if self.leaves_no_fault_tolerance:
             accepted = ("accepted with accept_no_fault_tolerance" if self.accept_no_fault_tolerance else
+                        "a replacement keeps the number of voters, so it takes no fault tolerance away"
+                        if self.fault_tolerance_refusal() is None else
                         "a real run is refused unless accept_no_fault_tolerance=True (CLI --accept-no-fault-tolerance)")
             found.append(
                 f"NO FAULT TOLERANCE: after this change cluster {self.cluster} has {after} voter"
@@ -282,6 +287,8 @@ class ScalePlan(BaseModel):
         """Return why this plan must not run as asked (no fault tolerance left, not accepted), or None."""
         if not self.leaves_no_fault_tolerance or self.accept_no_fault_tolerance:
             return None
+        if self.action == "replace-node" and len(self.voters_after) >= len(self.voters_before):
+            return None  # a replacement keeps the number of voters: it takes no fault tolerance away
         after = len(self.voters_after)
         return (f"the change would leave cluster {self.cluster} with {after} voter{'s' if after != 1 else ''} "
                 f"{_ids(self.voters_after)}, which tolerates no failure (any one voter down stops the cluster); "
@@ -864,6 +871,14 @@ def _drift_or_refuse(action: str, inventory: InventoryLike, view: ClusterView, a
 _STAMP = re.compile(r"\d{8}T\d{6}Z?")
 
 
+def _both_stay(old: int | None, new: int | None, current: ScalePlan) -> bool:
+    """True when two leadership targets are both voters that stay and answer: which of them takes over is picked
+    again right before the leave (``ScalePlan.transfer_targets``), so a target that changed with the followers' log
+    indexes between two reads is no reason to refuse an approved plan."""
+    return (old is not None and new is not None and old in current.voters_after and new in current.voters_after
+            and old in current.answering and new in current.answering)
+
+
 def plan_differences(approved: ScalePlan, current: ScalePlan) -> list[str]:
     """Return one sentence per way ``current`` (planned again after the approval) differs from ``approved``; [] when
     they are the same plan. Timestamps in the file diffs (the disarm comment) are ignored. Pure."""
@@ -889,7 +904,8 @@ def plan_differences(approved: ScalePlan, current: ScalePlan) -> list[str]:
     else:
         for old, new in zip(approved.changes, current.changes, strict=True):
             a, b = old.model_dump(), new.model_dump()
-            diffs = [f"{key} {a[key]!r} -> {b[key]!r}" for key in a if a[key] != b[key]]
+            diffs = [f"{key} {a[key]!r} -> {b[key]!r}" for key in a if a[key] != b[key]
+                     and not (key == "transfer_leader_to" and _both_stay(a[key], b[key], current))]
             if diffs:
                 found.append(f"{old.action} meta-{old.node_id}: " + ", ".join(diffs))
     if approved.join_after != current.join_after:

@@ -867,13 +867,14 @@ def render_ssh_config(lab: Lab, specs: list[HostSpec]) -> str:
 
 
 def render_inventory(lab: Lab, specs: list[HostSpec]) -> str:
-    """inventory.toml for cluster "lab" (docs/ARCHITECTURE.md): meta hosts as [[meta]], query hosts as [[query]]."""
+    """inventory.toml for cluster "lab" (docs/ARCHITECTURE.md): meta hosts as [[meta]], query hosts as [[query]],
+    spare hosts as the spare pool [[spare]]."""
     lines = [
         'name = "lab"', "",
         "[ssh]", 'user = "ops"', f"private_key_file = {json.dumps(str(lab.key_file))}",
         f"known_hosts_file = {json.dumps(str(lab.known_hosts))}",
         f'proxy_command = "ip netns exec {lab.lab_netns} nc %h %p"',
-        "port = 22", "connect_timeout_s = 10", "command_timeout_s = 30", "sudo = true", "",
+        "port = 22", "connect_timeout_s = 5", "command_timeout_s = 30", "sudo = true", "",
         "[paths]", 'meta_config = "/etc/databend/databend-meta.toml"',
         'query_config = "/etc/databend/databend-query.toml"', f'meta_service = "{META_SERVICE}"',
         f'query_service = "{QUERY_SERVICE}"', 'raft_dir = "/var/lib/databend/raft"',
@@ -883,4 +884,6 @@ def render_inventory(lab: Lab, specs: list[HostSpec]) -> str:
                   f"grpc_port = {GRPC_PORT}", f"admin_port = {ADMIN_PORT}"]
     for s in (s for s in specs if s.role == "query"):
         lines += ["", "[[query]]", f'host = "{s.ip}"']
+    for s in (s for s in specs if s.role == "spare"):  # the spare pool replace-node takes from
+        lines += ["", "[[spare]]", f'host = "{s.ip}"']
     return "\n".join(lines) + "\n"

@@ -411,13 +411,17 @@ def verify_leadership_moved(inventory: Inventory, node_id: int, deadline_s: floa
 
 @task(name="check-quorum-before-leave", task_run_name="re-check quorum before meta-{node_id} leaves",
       cache_policy=NO_CACHE, retries=0)
-def check_quorum_before_leave(inventory: Inventory, node_id: int, voters_after: list[int]) -> None:
+def check_quorum_before_leave(inventory: Inventory, node_id: int, voters_after: list[int],
+                              host_dead: bool = False, action: str = "scale-down") -> None:
     """Read the cluster again right before the leave: if a remaining voter died since the plan, the leave would
-    hang (and could still go through later); refuse instead. Read-only. Raises: PlanRefused."""
-    view = preview.view_of_cluster(read_cluster_status.fn(inventory, settle_s=0))
+    hang (and could still go through later); refuse instead. ``host_dead``: the leaving node's host is not asked
+    (it did not answer SSH at plan time; asking again only waits out the connect timeout). Read-only.
+    Raises: PlanRefused."""
+    nodes = [n for n in inventory.meta_nodes if n.node_id != node_id] if host_dead else None
+    view = preview.view_of_cluster(read_cluster_status.fn(inventory, nodes, settle_s=0))
     reason = removal_quorum_reason(view, node_id, set(voters_after))
     if reason:
-        raise PlanRefused("scale-down", f"the cluster changed since the plan: {reason}")
+        raise PlanRefused(action, f"the cluster changed since the plan: {reason}")
     _logger().info("voters %s keep a live majority without meta-%d (answering: %s)", voters_after, node_id,
                    sorted(view.answering))
 

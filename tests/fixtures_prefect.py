@@ -97,10 +97,11 @@ def _prefect_server_for_marked_tests(request: pytest.FixtureRequest) -> None:
 
 def _forget_holder_records() -> None:
     """Delete every `metascale-holder-<cluster>` variable: a change a previous test left unfinished on purpose must
-    not make this test's (reset) lab look half-changed."""
+    not make this test's (reset) lab look half-changed. Likewise every `metascale-silent-<cluster>` record: a voter a
+    previous test left silent must not be "silent since" then in this test (cluster-check would propose it)."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         for variable in client.read_variables():
-            if variable.name.startswith("metascale-holder-"):
+            if variable.name.startswith(("metascale-holder-", "metascale-silent-")):
                 client.delete_variable_by_name(variable.name)

@@ -90,7 +90,16 @@ def test_deployed_schedules_exist_with_their_timezone(deployed: dict[str, dict[s
         assert deployed[name]["work_pool_name"] == WORK_POOL
 
 
-def test_prefect_yaml_and_serve_define_the_same_deployments(deployed: dict[str, dict[str, Any]]) -> None:
+def _automation(automation: dict[str, Any]) -> tuple[Any, ...]:
+    """What an automation of a deployment trigger does, comparable between the API's answer and a served trigger."""
+    trigger, (action,) = automation["trigger"], automation["actions"]
+    return (automation["name"], automation["enabled"], sorted(trigger["expect"]), trigger["match"],
+            trigger["posture"], action["type"], action["deployment_id"], sorted(action["parameters"]))
+
+
+def test_prefect_yaml_and_serve_define_the_same_deployments(pg_api: tuple[str, dict[str, str]],
+                                                            deployed: dict[str, dict[str, Any]]) -> None:
+    api_url, _ = pg_api
     served = {d.name: d for d in to_runner_deployments(load_specs())}
 
     assert set(served) == set(deployed) == set(DEPLOYMENT_NAMES)
@@ -102,6 +111,17 @@ def test_prefect_yaml_and_serve_define_the_same_deployments(deployed: dict[str, 
         assert _schedules(api) == sorted((s.schedule.cron, s.schedule.timezone, s.active, s.parameters or {})
                                          for s in mine.schedules)
         assert api["parameter_openapi_schema"]["properties"].keys() == mine._parameter_openapi_schema.properties.keys()
+        related = rest.request_json("GET", f"{api_url}/automations/related-to/prefect.deployment.{api['id']}")
+        automations = [a for a in related  # `prefect deploy` created the triggers' automations, which run it
+                       if [x.get("deployment_id") for x in a["actions"]] == [api["id"]]]
+        for trigger in mine.triggers:
+            trigger.set_deployment_id(api["id"])
+        assert sorted(map(_automation, automations)) == sorted(
+            _automation(t.as_automation().model_dump(mode="json")) for t in mine.triggers)
+    (proposal,) = rest.request_json("GET", f"{api_url}/automations/related-to/prefect.deployment."
+                                           f"{deployed['replace-node']['id']}")
+    assert proposal["name"] == "replace-node-on-proposal"
+    assert proposal["trigger"]["expect"] == ["metascale.replace-node.proposed"]
 
 
 def test_scale_down_with_approval_through_the_rest_api(pg_api: tuple[str, dict[str, str]],

@@ -9,7 +9,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from deployments.setup import run_setup
-from deployments.specs import DEPLOYMENT_NAMES, WORK_POOL, load_specs, to_runner_deployments
+from deployments.specs import DEPLOYMENT_NAMES, PREFECT_YAML, WORK_POOL, load_specs, to_runner_deployments
 from metascale.window import parse_window
 from tasks.cluster_block import MetaCluster, load_cluster
 
@@ -65,6 +65,19 @@ def test_prefect_yaml_declares_the_deployments_with_timezoned_cron_schedules() -
     assert "read-only" in specs["cluster-check"].tags
     sync = specs["sync-inventory"]  # writes only the inventory, after approval; never scheduled
     assert sync.parameters["require_approval"] is True and sync.schedules == ()
+    assert specs["cluster-check"].parameters["silent_threshold_s"] == 300
+    replace = specs["replace-node"]  # never scheduled; started by hand or by its automation, paused for approval
+    assert replace.schedules == () and replace.parameters["require_approval"] is True
+    assert "destructive" in replace.tags and replace.entrypoint == "flows/replace_node.py:replace_node"
+    (trigger,) = replace.deployment_triggers()
+    assert type(trigger).__name__ == "DeploymentEventTrigger" and trigger.enabled
+    assert trigger.expect == {"metascale.replace-node.proposed"} and trigger.posture == "Reactive"
+    assert trigger.match.model_dump() == {"prefect.resource.id": "metascale.cluster.*"}
+    assert trigger.parameters == {
+        "node_id": "{{ event.payload.node_id }}", "new_host": "{{ event.payload.new_host }}",
+        "inventory": "{{ event.payload.inventory }}", "cluster_block": "{{ event.payload.cluster_block }}",
+        "require_approval": True}
+    assert all(spec.triggers == () for spec in specs.values() if spec.name != "replace-node")
     for spec in specs.values():
         assert spec.description.strip()
         assert {"inventory", "cluster_block"} <= set(spec.parameters)
@@ -84,3 +97,14 @@ def test_serve_builds_exactly_what_prefect_yaml_declares() -> None:
         assert [(s.schedule.cron, s.schedule.timezone, s.active, s.parameters) for s in deployment.schedules] == [
             (s.cron, s.timezone, s.active, s.parameters) for s in spec.schedules]
         assert deployment.entrypoint.endswith(spec.entrypoint.split("/")[-1])
+        assert [t.model_dump() for t in deployment.triggers] == [t.model_dump() for t in spec.deployment_triggers()]
+        assert [t.name for t in deployment.triggers] == [t.get("name") for t in spec.triggers]
+
+
+def test_a_bad_trigger_in_prefect_yaml_fails_loading_with_the_deployment_named(tmp_path: Path) -> None:
+    text = PREFECT_YAML.read_text().replace("posture: Reactive", "posture: Sometimes")
+    bad = tmp_path / "prefect.yaml"
+    bad.write_text(text)
+
+    with pytest.raises(ValueError, match=r"deployment 'replace-node' has an invalid trigger: .*posture"):
+        load_specs(bad)

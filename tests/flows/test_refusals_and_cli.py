@@ -117,6 +117,11 @@ def test_cli_status_scale_up_dry_run_and_refusal(fresh_lab: Lab, inventory: Path
     assert dry.returncode == ExitCode.OK, dry.stderr
     assert "# Plan: scale-up on cluster `lab`" in dry.stdout and "dry run: nothing was changed" in dry.stdout
 
+    replace = _cli("replace", "--inventory", str(inventory), "--id", "2", "--dry-run")  # issue #12: the CLI
+    assert replace.returncode == ExitCode.OK, replace.stderr
+    assert "# Plan: replace-node on cluster `lab`" in replace.stdout and "dry run: nothing was changed" in replace.stdout
+    assert f"1. add meta-4 ({SPARE1})" in replace.stdout and "ORDER: add meta-4 first" in replace.stdout
+
     refused = _cli("scale-down", "--inventory", str(inventory), "--id", "1", "--id", "2", "--id", "3")
     assert refused.returncode == ExitCode.REFUSED and "last voter" in refused.stderr
 

@@ -178,7 +178,7 @@ def test_leadership_moves_off_whichever_node_leads_at_the_moment_of_its_leave(
     monkeypatch.setattr(sd, "get_run_logger", lambda: logging.getLogger("test"))
     progress, current = rb.Progress(), inventory
     for change in plan.changes:
-        sd._remove_one(current, change, progress, 10, 10, plan)
+        sd.remove_one_node(current, change, progress, 10, 10, plan)
         current = current.without_meta_node(change.node_id, removed_at="20261126T000000Z")
     transfers = [(src, dst) for kind, src, dst in fake.log if kind == "transfer"]
     leaves = [(node, leader) for kind, node, leader in fake.log if kind == "leave"]

@@ -180,7 +180,7 @@ def _undo(monkeypatch: pytest.MonkeyPatch, was_active: bool, was_enabled: bool) 
     monkeypatch.setattr(rb, "restore_config_from_backup", lambda *a, **k: None)
     progress = rb.Progress()
     progress.record([steps.StepResult(step="start_meta_service", host=SPARE, changed=True, detail="enabled")])
-    scale_up_flow._undo_unjoined(_inventory(), plan, progress)
+    scale_up_flow.undo_unjoined(_inventory(), plan, progress)
     return stops
 
 
