@@ -874,7 +874,7 @@ def render_inventory(lab: Lab, specs: list[HostSpec]) -> str:
         "[ssh]", 'user = "ops"', f"private_key_file = {json.dumps(str(lab.key_file))}",
         f"known_hosts_file = {json.dumps(str(lab.known_hosts))}",
         f'proxy_command = "ip netns exec {lab.lab_netns} nc %h %p"',
-        "port = 22", "connect_timeout_s = 5", "command_timeout_s = 30", "sudo = true", "",
+        "port = 22", "connect_timeout_s = 3", "command_timeout_s = 30", "sudo = true", "",
         "[paths]", 'meta_config = "/etc/databend/databend-meta.toml"',
         'query_config = "/etc/databend/databend-query.toml"', f'meta_service = "{META_SERVICE}"',
         f'query_service = "{QUERY_SERVICE}"', 'raft_dir = "/var/lib/databend/raft"',

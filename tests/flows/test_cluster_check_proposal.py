@@ -118,9 +118,9 @@ def inventory(fresh_lab: Lab, tmp_path: Path) -> Iterator[Path]:
     """A private copy of the lab inventory with a short SSH connect deadline (each check waits that long for the
     powered-off host); the silent-voter record starts empty."""
     text = fresh_lab.inventory.read_text()
-    assert "connect_timeout_s = 5" in text
+    assert "connect_timeout_s = 3" in text
     copy = tmp_path / "inventory.toml"
-    copy.write_text(text.replace("connect_timeout_s = 5", f"connect_timeout_s = {CONNECT_TIMEOUT_S}"))
+    copy.write_text(text.replace("connect_timeout_s = 3", f"connect_timeout_s = {CONNECT_TIMEOUT_S}"))
     _forget_record()
     yield copy
     _forget_record()
