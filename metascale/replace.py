@@ -11,8 +11,6 @@ has now. Nothing here does I/O; `flows/replace_node.py` gathers the facts and ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from metascale.config import join_host_port
 from metascale.errors import PlanRefused
 from metascale.inventory import Inventory, MetaNode, SpareHost
@@ -233,9 +231,4 @@ def plan_replace_node(
     )
 
 
-def added_node_ids(changes: Sequence[NodeChange]) -> set[int]:
-    """The ids a plan adds (a removal in the same plan does not count them as 'silent before the run')."""
-    return {c.node_id for c in changes if c.action == "add"}
-
-
-__all__ = ["ACTION", "added_node_ids", "pick_new_host", "plan_replace_node", "replacement_order"]
+__all__ = ["ACTION", "pick_new_host", "plan_replace_node", "replacement_order"]
