@@ -7,12 +7,16 @@ Measures (median of ROUNDS rounds; every figure also kept raw in bench/results.j
   moment `verify_node_joined` (flow) or the script's poll noticed it (goal < 300 ms median);
 * `[meta] endpoints` update on 1, 5 and 10 query hosts (a second lab with 10 query hosts): ratio 10/1 (goal ≤ 2);
 * replace-node (issue #12) against a scale-up and a scale-down reaching the same end state, for a live node (meta-2
-  onto spare2) and a dead one (meta3 powered off, onto spare1), each scenario on a reset lab.
+  onto spare2) and a dead one (meta3 powered off, onto spare1), each scenario on a reset lab;
+* from trigger to first step (issue #11, bench/api_trigger.py): a scale-up 3→4 triggered through the REST API on
+  `python -m deployments.serve` against the same flow in-process: trigger → first task run (goal ≤ 3 s), trigger →
+  finish (goal ≤ 1.5× in-process), and where the time goes; plus `metascale scale-down --dry-run` against the server
+  (bench/cli_timing.py).
 Writes BENCHMARKS.md (tables + the command) and bench/results.json. A part not measured this time (`--only`) keeps
 its figures from bench/results.json. Brings up its own labs (prefix MSBENCH_PREFIX, default `msb`; directories
 MSBENCH_DIR, default .lab-bench, and .lab-bench-q) and its own Prefect server, and takes all of them down.
 
-Usage: python -m bench.run_bench [--rounds N] [--only scale|endpoints|replace ...] [--skip-endpoints] [--report-only]
+Usage: python -m bench.run_bench [--rounds N] [--only scale|endpoints|replace|api ...] [--skip-endpoints] [--report-only]
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.api_trigger import api_section
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "runbook.sh"
 RESULTS = REPO / "bench" / "results.json"
@@ -42,7 +48,7 @@ REPORT = REPO / "BENCHMARKS.md"
 PREFIX = os.environ.get("MSBENCH_PREFIX", "msb")
 LAB_DIR = os.environ.get("MSBENCH_DIR", str(REPO / ".lab-bench"))
 SPARE = ("spare1", "127.100.0.14", 4)   # name, address, id it gets
-PARTS = ("scale", "endpoints", "replace")
+PARTS = ("scale", "endpoints", "replace", "api")
 JOINED_RE = re.compile(r"^(\S+)\s+INFO databend-meta: joined cluster via", re.M)
 
 
@@ -186,10 +192,12 @@ def one_round(lab: Any, probe: Probe, flow_first: bool, work: Path) -> dict[str,
     def flows() -> None:
         inventory = work / "inventory.toml"
         shutil.copyfile(lab.inventory, inventory)
-        row["flow_up_s"] = timed(lambda: scale_up(new_nodes=[{"host": address}], inventory=str(inventory)))
+        row["flow_up_s"] = timed(lambda: scale_up(new_nodes=[{"host": address}], inventory=str(inventory),
+                                                  require_approval=False))
         row["flow_up_latency_s"] = probe.noticed[-1] - joined_at(lab, name)
         row["flow_up_handshakes"] = probe.handshakes[-1]
-        row["flow_down_s"] = timed(lambda: scale_down(node_ids=[node_id], inventory=str(inventory)))
+        row["flow_down_s"] = timed(lambda: scale_down(node_ids=[node_id], inventory=str(inventory),
+                                                      require_approval=False))
         row["flow_down_handshakes"] = probe.handshakes[-1]
 
     def script() -> None:
@@ -427,6 +435,33 @@ def summarize_replace(rows: list[dict[str, Any]], connect_timeout_s: float) -> d
     return out
 
 
+# ---------------------------------------------------------------------------------------------- trigger → first step
+def serve_settings() -> str:
+    """How `python -m deployments.serve` picks up and starts runs (for the report): its runner settings."""
+    from deployments import serve
+
+    describe = getattr(serve, "describe_runner_settings", None)
+    return describe() if describe else "runner poll every 1 s (PREFECT_RUNNER_POLL_FREQUENCY)"
+
+
+def api_part(lab: Any, probe: Probe, rounds: int, work: Path) -> dict[str, Any]:
+    """The trigger-to-first-step rounds (bench/api_trigger.py) on the bench's lab and server, a fresh interpreter's
+    imports, then the CLI dry run against the same server. Returns {"rounds", "cold_import", "cli" (or None)}."""
+    from bench.api_trigger import api_rounds, cold_import, measure_cli
+    from flows.scale_up import scale_up
+
+    api_url = os.environ["PREFECT_API_URL"]
+    address = SPARE[1]
+    rows = api_rounds(lab, rounds, work, api_url, address, log=log, run_in_process=lambda path: run_flow(
+        scale_up, probe, new_nodes=[{"host": address}], inventory=path, require_approval=False))
+    cold = cold_import(rounds)
+    log(f"a fresh interpreter's imports: {cold['wall_s']:.2f} s ({cold['cpu_s']:.2f} s CPU)")
+    lab.reset()
+    inventory = work / "inventory.toml"
+    shutil.copyfile(lab.inventory, inventory)
+    return {"rounds": rows, "cold_import": cold, "cli": measure_cli(api_url, str(inventory), rounds, log)}
+
+
 # ---------------------------------------------------------------------------------------------- report
 def median(values: list[float]) -> float:
     """The median of values."""
@@ -462,7 +497,8 @@ def verdict(ok: bool) -> str:
 
 
 def write_report(summary: dict[str, Any], rounds: int, command: str, when: str | None = None,
-                 replace: dict[str, Any] | None = None, endpoints_when: str | None = None) -> None:
+                 replace: dict[str, Any] | None = None, endpoints_when: str | None = None,
+                 api: dict[str, Any] | None = None) -> None:
     """Write BENCHMARKS.md from the summary (``when``: the UTC time of the measurement, default now), the
     replace-node figures (``replace``: bench/results.json's "replace") and when the endpoint figures were taken
     (``endpoints_when``, if not with the rest)."""
@@ -509,6 +545,7 @@ def write_report(summary: dict[str, Any], rounds: int, command: str, when: str |
             f"{s['ratio_endpoints_10_1']:.2f} | ≤ 2 | {verdict(s['ratio_endpoints_10_1'] <= 2)} |",
         ]
     lines += replace_section(replace)
+    lines += api_section(api, verdict)
     lines += kv_section()
     lines += [
         "",
@@ -561,7 +598,24 @@ def history_section() -> list[str]:
                 "|---|---|---|---|---|"]
         out += [f"| {r['when']} | {load(r)} | {r['rounds']} | {r['live_ratio']:.2f} | {r['dead_ratio']:.2f} |"
                 for r in replaced]
+    api_runs = [r for r in rows if r.get("part") == "api"]
+    if api_runs:
+        cli = lambda r: f"{r['cli_dry_run_s']:.2f} s" if r.get("cli_dry_run_s") is not None else "-"  # noqa: E731
+        out += ["", "| when (UTC) | load avg (1 min) | rounds | serve | API: first task | API: finished | in-process | "
+                "ratio | CLI dry run |", "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['when']} | {load(r)} | {r['rounds']} | {r['serve']} | {r['first_task_s']:.2f} s | "
+                f"{r['finish_s']:.2f} s | {r['inproc_s']:.2f} s | {r['ratio']:.2f} | {cli(r)} |" for r in api_runs]
     return out + [""]
+
+
+def record_api_history(api: dict[str, Any], rounds: int) -> None:
+    """Append this run's trigger-to-first-step medians to bench/history.jsonl (a line with "part": "api")."""
+    s = api["summary"]
+    row = {"part": "api", "when": api["when"], "load1": api["load1"], "rounds": rounds, "serve": api["serve"],
+           "first_task_s": s["api_first_task_s"], "finish_s": s["api_finish_s"], "inproc_s": s["inproc_s"],
+           "ratio": s["ratio_finish"], "cli_dry_run_s": ((api.get("cli") or {}).get("dry_run_s") or {}).get("median")}
+    with HISTORY.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
 
 
 def record_history(summary: dict[str, Any], rounds: int, when: str, load1: float) -> None:
@@ -658,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         write_report(summarize(saved["rounds"], saved["endpoints"]), len(saved["rounds"]),
                      saved.get("command", "make bench"), saved.get("when"), saved.get("replace"),
-                     saved.get("endpoints_when"))
+                     saved.get("endpoints_when"), saved.get("api"))
         print(REPORT.read_text())
         return 0
     parts = set(args.only or PARTS) - ({"endpoints"} if args.skip_endpoints else set())
@@ -670,13 +724,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     replace_rows: list[dict[str, Any]] = []
+    api: dict[str, Any] = {}
     endpoints = None
     connect_timeout_s = 0.0
     load1 = os.getloadavg()[0]
     with prefect_server():
         probe = Probe()
         probe.install()
-        if parts & {"scale", "replace"}:
+        if parts & {"scale", "replace", "api"}:
             lab = Lab(LAB_DIR, PREFIX)
             if lab.is_up():
                 lab.down()
@@ -692,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               if isinstance(v, float)))
                     if "replace" in parts:
                         replace_rows = replace_part(lab, probe, args.rounds, Path(work))
+                    if "api" in parts:
+                        api = api_part(lab, probe, args.rounds, Path(work))
             finally:
                 lab.down()
         if "endpoints" in parts:
@@ -711,11 +768,17 @@ def main(argv: list[str] | None = None) -> int:
         results["replace"] = {"command": command, "when": when, "load1": load1, "connect_timeout_s": connect_timeout_s,
                               "rounds": replace_rows, "summary": summarize_replace(replace_rows, connect_timeout_s)}
         record_replace_history(results["replace"]["summary"], args.rounds, when, load1)
+    if api:
+        from bench.api_trigger import summarize_api
+
+        results["api"] = {"command": command, "when": when, "load1": load1, "serve": serve_settings(), **api,
+                          "summary": summarize_api(api["rounds"])}
+        record_api_history(results["api"], args.rounds)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     if rows:
         record_history(summary, args.rounds, when, load1)
     write_report(summary, len(results["rounds"]), results.get("command", "make bench"), results.get("when"),
-                 results.get("replace"), results.get("endpoints_when"))
+                 results.get("replace"), results.get("endpoints_when"), results.get("api"))
     log(f"wrote {REPORT} and {RESULTS}")
     print(REPORT.read_text())
     return 0

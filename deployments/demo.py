@@ -6,8 +6,10 @@
 `up` brings up the lab (or resets it to the baseline cluster when it is already up), starts a Prefect server
 (SQLite under .demo/, telemetry off, 127.0.0.1 only), registers the block types, the work pool, the cluster's
 concurrency limit and the `lab` cluster block (its SSH key in the Secret `lab-ssh-key`), serves the three
-deployments, then triggers — with plain HTTP, as any script could — a scale-up of spare1 and a scale-down of the
-current leader (with approval, answered through the API), waits for both and prints the cluster and the UI links.
+deployments, then triggers through Prefect's API (`run_deployment`, `resume_flow_run`: the Prefect client, which
+retries a busy server's 503) a scale-up of spare1 and a scale-down of the current leader (with approval, answered
+through the API), printing the equivalent REST call of each step, waits for both and prints the cluster and the UI
+links.
 The server and `serve` keep running so you can explore the UI; `down` stops them.
 Lab prefix/directory follow MSLAB_PREFIX / MSLAB_DIR (defaults msl / .lab); the state directory follows
 METASCALE_DEMO_DIR (default .demo).
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployments import rest
 from deployments.local_server import (
     QUIET_PREFECT_ENV,
     pid_alive,
@@ -136,16 +137,20 @@ def ensure_serve(state: DemoState, api_url: str) -> None:
 
 def wait_for_deployments(api_url: str, timeout_s: float = 120) -> dict[str, str]:
     """Wait until every deployment exists and is not paused; return name → deployment id."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
     deadline = time.monotonic() + timeout_s
     ids: dict[str, str] = {}
     while len(ids) < len(DEPLOYMENT_NAMES):
-        for name in DEPLOYMENT_NAMES:
-            try:
-                deployment = rest.read_deployment(api_url, name, name)
-            except rest.PrefectApiError:
-                continue
-            if not deployment.get("paused"):
-                ids[name] = deployment["id"]
+        with get_client(sync_client=True) as client:
+            for name in DEPLOYMENT_NAMES:
+                try:
+                    deployment = client.read_deployment_by_name(f"{name}/{name}")
+                except ObjectNotFound:
+                    continue
+                if not deployment.paused:
+                    ids[name] = str(deployment.id)
         if time.monotonic() > deadline:
             missing = sorted(set(DEPLOYMENT_NAMES) - set(ids))
             raise TimeoutError(f"deployments {missing} not served within {timeout_s:.0f} s; see "
@@ -175,42 +180,73 @@ def read_status() -> Any:
         return read_cluster_status(pool, inventory)
 
 
-def finish(api_url: str, run: dict[str, Any], label: str, started: float) -> float:
+def ui_url(api_url: str, run_id: Any) -> str:
+    """The UI page of a flow run: `http://host:port/runs/flow-run/<id>` (the API URL without `/api`)."""
+    return f"{api_url.removesuffix('/').removesuffix('/api')}/runs/flow-run/{run_id}"
+
+
+def wait_for_state(run_id: Any, wanted: set[str], *, timeout_s: float, poll_s: float = 0.5) -> Any:
+    """Poll the run (Prefect client) until its state type is in ``wanted`` (e.g. {"PAUSED"}) or final; return it.
+
+    Raises: TimeoutError naming the run and its last state when the deadline passes."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(run_id)
+            if run.state is not None and (run.state.type.value in wanted or run.state.is_final()):
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {run.name} ({run_id}) still {run.state_name} after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+
+def finish(api_url: str, run: Any, label: str, started: float) -> float:
     """Print the outcome of `run`; raise SystemExit when it did not complete."""
     elapsed = time.monotonic() - started
-    kind = rest.state_type(run)
-    say(f"  {label}: {run['name']} {kind} after {elapsed:.1f} s — {rest.ui_url(api_url, run['id'])}")
+    kind = run.state.type.value if run.state is not None else "UNKNOWN"
+    say(f"  {label}: {run.name} {kind} after {elapsed:.1f} s — {ui_url(api_url, run.id)}")
     if kind != "COMPLETED":
-        message = (run.get("state") or {}).get("message") or ""
-        raise SystemExit(f"demo: {label} ended {kind}: {message}\n  logs: {rest.ui_url(api_url, run['id'])} "
+        message = (run.state.message if run.state is not None else "") or ""
+        raise SystemExit(f"demo: {label} ended {kind}: {message}\n  logs: {ui_url(api_url, run.id)} "
                          f"and {demo_dir() / 'serve.log'}")
     return elapsed
 
 
-def trigger_scale_up(api_url: str, deployment_id: str, host: str) -> tuple[dict[str, Any], float]:
-    """Trigger scale-up of `host` through the REST API and wait for the end. Returns (run, seconds)."""
+def trigger(deployment: str, deployment_id: str, parameters: dict[str, Any]) -> Any:
+    """Start a run of ``deployment`` with ``parameters`` (Prefect's `run_deployment`, not waiting); print the REST
+    call that does the same."""
+    from prefect.deployments import run_deployment
+
+    say(f"  POST /deployments/{deployment_id}/create_flow_run {json.dumps({'parameters': parameters})}")
+    return run_deployment(deployment, parameters=parameters, timeout=0)
+
+
+def trigger_scale_up(api_url: str, deployment_id: str, host: str) -> tuple[Any, float]:
+    """Trigger scale-up of `host` through the API and wait for the end. Returns (run, seconds)."""
     parameters = {"cluster_block": CLUSTER_BLOCK, "new_nodes": [{"host": host}], "require_approval": False,
                   "dry_run": False}
-    say(f"  POST /deployments/{deployment_id}/create_flow_run {json.dumps({'parameters': parameters})}")
     started = time.monotonic()
-    run = rest.create_flow_run(api_url, deployment_id, parameters)
-    run = rest.wait_for_state(api_url, run["id"], rest.TERMINAL_STATES, timeout_s=600)
+    run = trigger("scale-up/scale-up", deployment_id, parameters)
+    run = wait_for_state(run.id, set(), timeout_s=600)
     return run, finish(api_url, run, "scale-up", started)
 
 
-def trigger_scale_down(api_url: str, deployment_id: str, node_id: int) -> tuple[dict[str, Any], float]:
-    """Trigger scale-down of `node_id` with approval, approve through the REST API, wait. Returns (run, seconds)."""
+def trigger_scale_down(api_url: str, deployment_id: str, node_id: int) -> tuple[Any, float]:
+    """Trigger scale-down of `node_id` with approval, approve through the API, wait. Returns (run, seconds)."""
+    from prefect.flow_runs import resume_flow_run
+
     parameters = {"cluster_block": CLUSTER_BLOCK, "node_ids": [node_id], "require_approval": True,
                   "dry_run": False}
-    say(f"  POST /deployments/{deployment_id}/create_flow_run {json.dumps({'parameters': parameters})}")
     started = time.monotonic()
-    run = rest.create_flow_run(api_url, deployment_id, parameters)
-    run = rest.wait_for_state(api_url, run["id"], {"PAUSED"}, timeout_s=600)
-    if rest.state_type(run) == "PAUSED":
-        say(f"  {run['name']} is waiting for approval (plan: {rest.ui_url(api_url, run['id'])}); approving with "
-            f"POST /flow_runs/{run['id']}/resume")
-        rest.resume_flow_run(api_url, run["id"], {"approve": True, "reason": "approved by make demo"})
-        run = rest.wait_for_state(api_url, run["id"], rest.TERMINAL_STATES, timeout_s=600)
+    run = trigger("scale-down/scale-down", deployment_id, parameters)
+    run = wait_for_state(run.id, {"PAUSED"}, timeout_s=600)
+    if run.state is not None and run.state.is_paused():
+        say(f"  {run.name} is waiting for approval (plan: {ui_url(api_url, run.id)}); approving with "
+            f"POST /flow_runs/{run.id}/resume")
+        resume_flow_run(run.id, run_input={"approve": True, "reason": "approved by make demo"})
+        run = wait_for_state(run.id, set(), timeout_s=600)
     return run, finish(api_url, run, "scale-down", started)
 
 
@@ -250,8 +286,8 @@ def up(port: int) -> None:
     say("\nfinal cluster status:")
     print_status(read_status())
     say(f"\ntrigger-to-finish: scale-up {up_s:.1f} s, scale-down {down_s:.1f} s (including the approval)")
-    say(f"UI: {api_url.removesuffix('/api')}  (runs: {rest.ui_url(api_url, up_run['id'])} , "
-        f"{rest.ui_url(api_url, down_run['id'])})")
+    say(f"UI: {api_url.removesuffix('/api')}  (runs: {ui_url(api_url, up_run.id)} , "
+        f"{ui_url(api_url, down_run.id)})")
     say("stop everything with: make demo-down")
 
 

@@ -2,6 +2,13 @@
 
 Used by `make demo` (deployments/demo.py) and by the test fixtures (tests/fixtures_prefect.py, tests/e2e).
 Never imports prefect: every Prefect process is a subprocess started from this venv's `prefect` executable.
+
+Why not Prefect's own `prefect server start --background` / `prefect server stop` (they exist in 3.9.1; the README
+tells an operator to use them for a local server): this module is the one copy of what those lack for a test session
+and the demo: several servers side by side (one PID file per PREFECT_HOME there), a wait until `/health` answers
+(with the log tail when it dies), the server's output kept in a file (`--background` pipes it to a parent that has
+exited), a pre-migrated template database, and stopping only the PIDs recorded here. The `metascale` command does
+not start servers at all (deployments/cli.py: without an API it says in one line how to point it at one).
 """
 
 from __future__ import annotations

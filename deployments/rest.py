@@ -1,7 +1,10 @@
-"""A tiny client for the Prefect REST API calls an operator makes with curl: trigger, watch, approve.
+"""The Prefect REST API as a caller without Prefect sees it (curl, a CI job): trigger, watch, approve.
 
-Plain urllib, no prefect import: it shows exactly what a non-Prefect caller (a script, a CI job) must do,
-including retrying HTTP 503, which a SQLite-backed server returns while it is busy (prefect-notes §4).
+Test support only: no product code uses it (the demo, the CLI and the flows use Prefect's own client, which already
+retries 429/502/503, and `run_deployment` / `resume_flow_run`). Tests use it where the point is the raw HTTP view: the
+JSON a script sends and gets back, a refusal's status code, `resume` answering HTTP 200 with {"status": "REJECT"}.
+Plain urllib, no prefect import, so it also shows what such a caller must do itself, including retrying HTTP 503,
+which a SQLite-backed server returns while it is busy (prefect-notes §4).
 """
 
 from __future__ import annotations

@@ -6,9 +6,13 @@
 * creates the process work pool `metascale-pool` (for `prefect deploy --all` + `prefect worker start`);
 * registers the block types (`metascale-cluster`, `secret`);
 * creates the global concurrency limit `metascale-cluster-<name>` (limit 1) for every given cluster
-  (and for the cluster of `--inventory`);
+  (and for the cluster of `--inventory`), or sets it back to limit 1 and active;
+* with `--cluster-block`: sets the Prefect variable `metascale-cluster-block` (the deployments' default cluster,
+  read by `prefect deploy`) to it, unless it is already set;
 * with `--cluster-block`: saves the inventory as a `metascale-cluster` block; with `--ssh-key-file` the key goes into
-  the Secret block `--ssh-key-secret` (default `<block>-ssh-key`) and the block's inventory refers to it by name.
+  the Secret block `--ssh-key-secret` (default `<block>-ssh-key`) and the block's inventory refers to it by name;
+* with `--notify-webhook URL` or `--notify-block TYPE/NAME`: the notification block and the automations of
+  `deployments/automations/` (deployments/notifications.py).
 Needs PREFECT_API_URL pointing at the server.
 """
 
@@ -54,29 +58,27 @@ def ensure_work_pool(report: SetupReport, name: str = WORK_POOL) -> None:
             report.add(f"work pool {name} already exists")
 
 
-def ensure_cluster_limit(report: SetupReport, cluster: str) -> None:
-    """Create the global concurrency limit `metascale-cluster-<cluster>` with limit 1, or set it back to 1."""
+def ensure_default_cluster(report: SetupReport, block: str) -> None:
+    """Set the Prefect variable `metascale-cluster-block` (the cluster prefect.yaml's deployments default to) to
+    ``block`` unless it is already set: an operator's choice is never overwritten."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.client.schemas.actions import VariableCreate
+    from prefect.exceptions import ObjectAlreadyExists
 
-    name = f"metascale-cluster-{cluster}"
+    name = "metascale-cluster-block"
     with get_client(sync_client=True) as client:
-        try:
-            existing = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            existing = None
-        if existing is None:
+        current = client.read_variable_by_name(name)
+        if current is None:
             try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-                report.add(f"concurrency limit {name} created (limit 1)")
+                client.create_variable(VariableCreate(name=name, value=block))
+                report.add(f"variable {name} set to {block!r} (the deployments' default cluster; redeploy after "
+                           f"changing it)")
+                return
             except ObjectAlreadyExists:
-                report.add(f"concurrency limit {name} already exists")
-        elif existing.limit != 1 or not existing.active:
-            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
-            report.add(f"concurrency limit {name} reset to limit 1 (was {existing.limit})")
-        else:
-            report.add(f"concurrency limit {name} already exists (limit 1)")
+                current = client.read_variable_by_name(name)
+        value = current.value if current is not None else None
+        report.add(f"variable {name} stays {value!r} (set before; change it in the UI or with "
+                   f"`prefect variable set {name} NAME --overwrite`, then redeploy)")
 
 
 def save_cluster(report: SetupReport, block: str, inventory_path: Path, key_file: Path | None,
@@ -102,6 +104,7 @@ def save_cluster(report: SetupReport, block: str, inventory_path: Path, key_file
 def run_setup(clusters: list[str], block: str | None = None, inventory: Path | None = None,
               key_file: Path | None = None, key_secret: str | None = None) -> SetupReport:
     """Do everything the module docstring lists against the current Prefect API. Idempotent."""
+    from flows.cluster_lock import ensure_cluster_limit  # the one copy (the flows create it too)
     from tasks.cluster_block import check_block_name, register_block_types
 
     report = SetupReport()
@@ -114,9 +117,10 @@ def run_setup(clusters: list[str], block: str | None = None, inventory: Path | N
             raise ValueError(f"--cluster-block {block} needs --inventory FILE (the inventory to store in it)")
         check_block_name(block, "cluster block")
         names.append(save_cluster(report, block, inventory, key_file, key_secret))
+        ensure_default_cluster(report, block)
     for cluster in dict.fromkeys(names):
         check_block_name(cluster, "cluster")
-        ensure_cluster_limit(report, cluster)
+        report.add(ensure_cluster_limit(cluster, reset=True))
     return report
 
 
@@ -129,9 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inventory", type=Path, help="inventory TOML to store in the block")
     parser.add_argument("--ssh-key-file", type=Path, help="private key to store in a Secret block")
     parser.add_argument("--ssh-key-secret", help="Secret block name for the key (default <block>-ssh-key)")
+    parser.add_argument("--notify-webhook", metavar="URL", help="notify through a webhook (deployments/notifications.py)")
+    parser.add_argument("--notify-block", metavar="TYPE/NAME", help="notify through this existing notification block")
     args = parser.parse_args(argv)
     try:
         report = run_setup(args.cluster, args.cluster_block, args.inventory, args.ssh_key_file, args.ssh_key_secret)
+        if args.notify_webhook or args.notify_block:
+            from deployments.notifications import setup_notifications
+
+            report.lines += setup_notifications(args.notify_webhook, args.notify_block)
     except ValueError as exc:
         parser.exit(2, f"setup: {exc}\n")
     for line in report.lines:

@@ -13,7 +13,9 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.settings import get_current_settings
 
+from flows import audit
 from flows.common import check_common_parameters, cluster_name_for_run_name, publish_markdown, publish_status_table
+from flows.common import ClusterBlock, InventoryPath, NonNegativeSeconds
 from flows.common import resolve_cluster
 from flows.common import tag_flow_run, utcnow
 from metascale import silence
@@ -254,14 +256,24 @@ def check_silent_threshold(silent_threshold_s: float) -> None:
 
 
 @flow(name="cluster-check", flow_run_name=_run_name)
-def cluster_check(inventory: str = "", cluster_block: str = "",
-                  silent_threshold_s: float = SILENT_THRESHOLD_S) -> str:
+def cluster_check(inventory: InventoryPath = "", cluster_block: ClusterBlock = "",
+                  silent_threshold_s: NonNegativeSeconds = SILENT_THRESHOLD_S) -> str:
     """Ask every meta node for its status (and every member the inventory lacks, found in the cluster's status);
     publish a table; fail when there is no leader, a voter does not answer, or the nodes disagree, and also when
     the inventory does not match the membership (drift, published as the `drift-<cluster>` artifact with the
     fix for each difference). A voter silent for at least ``silent_threshold_s`` seconds (counted from the first
     run that saw it silent) gets a replacement proposal: the `replace-proposal-<cluster>` artifact and, once, the
-    event `metascale.replace-node.proposed`. Changes nothing."""
+    event `metascale.replace-node.proposed`. Changes nothing.
+
+    Args:
+        inventory: path of the cluster's inventory TOML on the machine that runs the flow, e.g.
+            `/etc/metascale/prod.toml`. Leave empty when you choose a cluster block: give exactly one of the two.
+        cluster_block: the cluster to check: choose one of the Metascale Cluster blocks (see Blocks), or switch to
+            "block name" and type it. Leave empty when you give an inventory path.
+        silent_threshold_s: seconds a voter must stay silent (counted from the first check that saw it silent)
+            before a replacement is proposed (>= 0; default 300 = 5 min; 0 = at the first check). The proposal
+            starts `replace-node` paused for approval; nothing changes without a person's answer.
+    """
     check_common_parameters("cluster-check", inventory, cluster_block, 1, 1, "")
     check_silent_threshold(silent_threshold_s)
     cluster, key_text = resolve_cluster(inventory, cluster_block)
@@ -281,6 +293,10 @@ def cluster_check(inventory: str = "", cluster_block: str = "",
     unfinished = unfinished_change_reason(cluster.name)
     if unfinished:
         reason = f"{reason}; {unfinished}" if reason else unfinished
+    if reason:
+        audit.emit(audit.CLUSTER_UNHEALTHY, cluster.name, {"reason": reason, "run_url": audit.run_url()})
+    if drift:
+        audit.emit(audit.CLUSTER_DRIFTED, cluster.name, {"lines": drift, "run_url": audit.run_url()})
     if reason:
         raise ClusterUnhealthy(cluster.name, reason + (f"; inventory drift: {'; '.join(drift)}" if drift else ""))
     if drift:

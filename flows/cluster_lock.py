@@ -320,25 +320,35 @@ def _warn(line: str) -> None:
         logging.getLogger(__name__).warning("%s", line)
 
 
-def ensure_cluster_limit(cluster: str, *, client_factory: Callable[[], Any] = _default_client_factory) -> None:
+def ensure_cluster_limit(cluster: str, *, reset: bool = False,
+                         client_factory: Callable[[], Any] = _default_client_factory) -> str:
     """Create the cluster's global concurrency limit (limit 1) if it is missing. Idempotent; safe in a race.
+    Returns one sentence saying what it found or did. The one copy: the flows and `deployments.setup` call it.
 
-    An existing limit is never changed here: an inactive one or one above 1 is refused when the lock is taken.
+    Without ``reset`` (a flow taking the lock) an existing limit is never changed: an inactive one or one above 1 is
+    refused when the lock is taken. With ``reset`` (`deployments.setup`, the operator's repair) it is set back to
+    limit 1 and active.
     """
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     name = lock_name(cluster)
     with client_factory() as client:
         try:
-            client.read_global_concurrency_limit_by_name(name)
-            return
+            existing = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            pass
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass
+            existing = None
+        if existing is None:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+                return f"concurrency limit {name} created (limit 1)"
+            except ObjectAlreadyExists:
+                return f"concurrency limit {name} already exists"
+        if reset and (existing.limit != 1 or not existing.active):
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
+            return (f"concurrency limit {name} reset to limit 1 and active (was {existing.limit}, "
+                    f"{'active' if existing.active else 'inactive'})")
+        return f"concurrency limit {name} already exists (limit {existing.limit})"
 
 
 def read_holder(cluster: str, client: Any | None = None) -> LockHolder | None:

@@ -4,12 +4,16 @@ the outcome model and the failure report (diagnostics artifact + final message).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from prefect import get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -17,7 +21,8 @@ from prefect.client.orchestration import get_client
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run as runtime_flow_run
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from prefect.states import Failed, State
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from metascale.errors import PlanRefused
 from metascale.redact import install_log_redaction, redact, redact_any
@@ -36,13 +41,53 @@ from flows.cluster_lock import (  # noqa: F401  (lock_name, ensure_cluster_limit
     interrupted_change_reason,
     lock_name,
 )
+from flows import audit
 from tasks import runbook as rb
+from tasks.cluster_block import BLOCK_NAME_PATTERN, MetaCluster, cluster_block_name
 
 install_log_redaction()  # every log line of a run (flow, tasks, core modules) without secret values
 
-_BLOCK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_UNSAFE_PATH_CHARS = set(";|&$`<>\\\"'\n\r\0*?(){}[]!#")
 PARALLEL_HOSTS = 16  # at most this many hosts are edited at once (query endpoints, join lists)
+
+# The flows' parameter schema. Prefect's Custom run form and REST API (enforce_parameter_schema) refuse a value
+# outside it before a run exists (HTTP 409). The bounds are JSON schema only (json_schema_extra), not pydantic
+# constraints: a Python caller that bypasses the schema still reaches the one check of each value in the flow
+# (check_common_parameters & co.), which ends the run "Refused" with one line (D1), not in Prefect's
+# "invalid parameters" failure. Patterns are ECMA/Python regexes; the checks in Python are the exact rules.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_PATTERN = (rf"{_OCTET}(?:\.{_OCTET}){{3}}"              # IPv4
+                r"|(?=[0-9A-Fa-f:.]*:)[0-9A-Fa-f:.]{2,45}"     # IPv6 (metascale.inventory.validate_host is exact)
+                rf"|(?=.{{1,253}}$)(?:{_LABEL}\.)*(?![0-9]+\.?$){_LABEL}\.?")  # DNS name, last label not numeric
+INVENTORY_PATH_PATTERN = r"""(?!\s+$)[^;|&$`<>\\"'\r\n*?(){}\[\]!#\x00]*"""  # no shell metacharacters, not blank
+WINDOW_PATTERN = r"\s*[A-Za-z*,-]+\s+[0-9]{1,2}:[0-9]{2}\s*-\s*[0-9]{1,2}:[0-9]{2}\s+[A-Za-z0-9_/+-]+\s*"
+
+
+def schema_pattern(body: str, *, optional: bool = False) -> str:
+    """A JSON-schema `pattern` accepting exactly ``body`` (or also "" when ``optional``): anchored, and no line
+    break anywhere (the server matches with Python's `re.search`, whose `$` also matches before a final newline)."""
+    return rf"^(?!.*\n)(?:{body}){'?' if optional else ''}$"
+
+
+def _pattern(body: str, *, optional: bool = True) -> Any:
+    return Field(json_schema_extra={"pattern": schema_pattern(body, optional=optional)})
+
+
+InventoryPath = Annotated[str, _pattern(INVENTORY_PATH_PATTERN)]
+ClusterBlock = Annotated[
+    MetaCluster | Annotated[str, Field(title="block name"), _pattern(BLOCK_NAME_PATTERN)],
+    AfterValidator(cluster_block_name),  # the picked block -> its name: the flow body always gets a str
+    # schema default null, not "": the form opens on the block picker (Prefect picks the union arm that matches
+    # the default, and "" would open the "block name" text field); a caller that omits it still gets ""
+    Field(json_schema_extra={"default": None}),
+]
+PositiveSeconds = Annotated[float, Field(json_schema_extra={"exclusiveMinimum": 0})]
+PositiveWholeSeconds = Annotated[int, Field(json_schema_extra={"exclusiveMinimum": 0})]
+NonNegativeSeconds = Annotated[float, Field(json_schema_extra={"minimum": 0})]
+MaintenanceWindowSpec = Annotated[str, _pattern(WINDOW_PATTERN)]
+NodeId = Annotated[int, Field(json_schema_extra={"minimum": 0})]
+NodeIds = Annotated[list[int], Field(json_schema_extra={"minItems": 1, "items": {"type": "integer", "minimum": 0}})]
+HostOrEmpty = Annotated[str, _pattern(HOST_PATTERN)]
 
 
 class NewMetaNode(BaseModel):
@@ -50,16 +95,21 @@ class NewMetaNode(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = Field(description="SSH host; also the raft and gRPC advertise host")
-    node_id: int | None = Field(default=None, ge=1, description="raft id; empty = the next free id")
-    raft_port: int = Field(default=28004, ge=1, le=65535)
-    grpc_port: int = Field(default=9191, ge=1, le=65535)
-    admin_port: int = Field(default=28002, ge=1, le=65535)
+    host: str = Field(description="SSH host to add, also its raft and gRPC advertise host: an IP address or a DNS "
+                                  "name, e.g. 192.0.2.14",
+                      json_schema_extra={"pattern": schema_pattern(HOST_PATTERN)})
+    node_id: int | None = Field(default=None, ge=1, description="raft id for the new node; empty = the next free id")
+    raft_port: int = Field(default=28004, ge=1, le=65535, description="raft port (databend-meta default 28004)")
+    grpc_port: int = Field(default=9191, ge=1, le=65535, description="gRPC port (databend-meta default 9191)")
+    admin_port: int = Field(default=28002, ge=1, le=65535, description="admin HTTP port (default 28002)")
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
         return validate_host(value)
+
+
+NewNodes = Annotated[list[NewMetaNode], Field(json_schema_extra={"minItems": 1})]
 
 
 class ScaleApproval(RunInput):
@@ -80,9 +130,9 @@ def check_common_parameters(
     """Refuse bad common parameters before anything is read or changed. Raises PlanRefused naming the value."""
     if bool(inventory) == bool(cluster_block):
         raise PlanRefused(action, "give exactly one of inventory (a TOML path) or cluster_block (a block name)")
-    if inventory and (not inventory.strip() or set(inventory) & _UNSAFE_PATH_CHARS):
+    if inventory and not re.fullmatch(INVENTORY_PATH_PATTERN, inventory):
         raise PlanRefused(action, f"inventory path {inventory!r} contains shell metacharacters or is blank")
-    if cluster_block and not _BLOCK_NAME_RE.match(cluster_block):
+    if cluster_block and not re.fullmatch(BLOCK_NAME_PATTERN, cluster_block):
         raise PlanRefused(action, f"cluster_block {cluster_block!r} is not a block name (valid: [a-z0-9-])")
     if approval_timeout_s <= 0:
         raise PlanRefused(action, f"approval_timeout_s must be > 0 (got {approval_timeout_s})")
@@ -161,11 +211,18 @@ def note_interrupted_change(plan: ScalePlan, lock: ClusterLock) -> ScalePlan:
     return plan.model_copy(update={"notes": (reason, *plan.notes)})
 
 
-def publish_plan(plan: ScalePlan) -> str:
-    """Publish the plan as the markdown artifact ``plan-<cluster>``; return the markdown."""
-    markdown = plan.to_markdown()  # redacted (ScalePlan.to_markdown)
-    create_markdown_artifact(key=f"plan-{plan.cluster}", markdown=markdown, description=redact(plan.summary()))
-    get_run_logger().info("plan: %s", plan.summary())
+def publish_plan(plan: ScalePlan | Any, action: str = "") -> str:
+    """Publish the plan (a ScalePlan, or sync-inventory's SyncPlan with ``action``) as the markdown artifact
+    ``plan-<cluster>``, note it in the run's ChangeRecord and emit `metascale.plan.published`; return the markdown."""
+    action = action or plan.action
+    markdown = redact(plan.to_markdown())
+    summary = redact(plan.summary())
+    artifact_id = create_markdown_artifact(key=f"plan-{plan.cluster}", markdown=markdown, description=summary)
+    get_run_logger().info("plan: %s", summary)
+    record = current_change()
+    record.note_plan(plan, markdown, audit.artifact_url(artifact_id))
+    audit.emit(audit.PLAN_PUBLISHED, plan.cluster, {"action": action, "summary": summary,
+                                                    "plan_url": record.plan_url, "run_url": audit.run_url()})
     return markdown
 
 
@@ -231,6 +288,10 @@ def request_approval(action: str, plan: ScalePlan, timeout_s: int, poll_interval
     if capped:
         logger.info("approval wait capped at %d s (approval_timeout_s=%d): %s", wait_s, timeout_s, capped)
     logger.info("waiting up to %d s for approval of: %s", wait_s, plan.summary())
+    record = current_change()
+    audit.emit(audit.APPROVAL_REQUESTED, plan.cluster, {
+        "action": action, "summary": plan.summary(), "plan_url": record.plan_url, "run_url": audit.run_url(),
+        "timeout_s": wait_s})
     try:
         answer = pause_flow_run(
             wait_for_input=ScaleApproval.with_initial_data(description=plan.to_markdown(), approve=False),
@@ -239,11 +300,30 @@ def request_approval(action: str, plan: ScalePlan, timeout_s: int, poll_interval
         )
     except FlowPauseTimeout:
         why = f"no approval within {wait_s} s" + (f" ({capped})" if capped else "")
-        logger.error("%s; nothing was changed", why)  # the server replaces a timed-out pause's own message
+        logger.error("%s; nothing was changed", why)
+        leave_expired_pause(why)
         raise PlanRefused(action, f"{why}; nothing was changed") from None
+    reason = answer.reason or "(no reason given)"
     if not answer.approve:
-        raise PlanRefused(action, f"rejected by operator: {answer.reason or '(no reason given)'}; nothing was changed")
-    logger.info("approved by operator: %s", answer.reason or "(no reason given)")
+        audit.emit(audit.CHANGE_REJECTED, plan.cluster, {"action": action, "reason": reason})
+        raise PlanRefused(action, f"rejected by operator: {reason}; nothing was changed")
+    audit.emit(audit.CHANGE_APPROVED, plan.cluster, {"action": action, "reason": reason})
+    logger.info("approved by operator: %s", reason)
+
+
+def leave_expired_pause(why: str) -> None:
+    """Move this run from its timed-out pause back to Running, so that it can end as Refused (D1) like any other
+    refusal: otherwise the server answers the run's final state with its own Failed "The flow was paused and never
+    resumed." (prefect-notes §9), which would look like a breakage. Never raises (then the server's Failed stays)."""
+    from prefect.states import Running
+
+    if runtime_flow_run.id is None:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(runtime_flow_run.id, Running(message=f"{why}: ending as Refused"), force=True)
+    except Exception as exc:
+        get_run_logger().warning("could not leave the timed-out pause (%s); the run ends as Failed", exc)
 
 
 def confirm_plan_unchanged(action: str, approved: ScalePlan, current: ScalePlan) -> None:
@@ -302,6 +382,8 @@ def run_change(action: str, make_plan: MakePlan, apply: Apply, *, inventory: str
 
     cluster, key_text = resolve_cluster(inventory, cluster_block)
     tag_flow_run(cluster.name)
+    record = current_change()
+    record.cluster = cluster.name
     with run_pool(cluster, key_text), cluster_lock(cluster.name, action) as lock:
         cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
         plan, before, query_facts = make_plan(cluster)
@@ -322,6 +404,7 @@ def run_change(action: str, make_plan: MakePlan, apply: Apply, *, inventory: str
                 timeout_s=approval_timeout_s, maintenance_window=maintenance_window, override_window=override_window)
         with change_guard(lock) as guard:  # SIGTERM / a lost lock: stop at the next step boundary
             progress = GuardedProgress.under(guard)
+            record.progress = progress
             try:
                 final = apply(cluster, plan, progress, query_facts)
             except Exception as exc:
@@ -329,6 +412,7 @@ def run_change(action: str, make_plan: MakePlan, apply: Apply, *, inventory: str
                     undo(cluster, plan, progress)
                 fail_with_diagnostics(action, cluster, plan, progress, exc)
         after = rb.read_cluster_status(final)
+        record.voters_after = list(after.voter_ids or [])
         publish_status_table(cluster.name, status_rows(before, after), f"{action}: {plan.summary()}")
         return ScaleOutcome.applied(plan, progress, after)
 
@@ -367,11 +451,32 @@ class ScaleOutcome(BaseModel):
     elapsed_s: float = Field(default=0.0, description="seconds from the start of the changes to the end")
     waited_s: float = Field(default=0.0, description="of which inside verify_* tasks, waiting on the cluster")
     plan_markdown: str = ""
+    state: str = Field(default="Completed", description="how the run ended: Completed, Refused or Failed")
+    failed_step: str = Field(default="", description="the step that was running when the run failed")
 
-    @field_validator("message", "plan_markdown", "changed_steps", "skipped_steps")
+    @field_validator("message", "plan_markdown", "changed_steps", "skipped_steps", "failed_step")
     @classmethod
     def _no_secret_values(cls, value: Any) -> Any:
         return redact_any(value)  # the flow's return value is stored and shown by the API and the CLI
+
+    def to_artifact_markdown(self) -> str:
+        """The `outcome-<cluster>` artifact: a few lines for a person, then the whole outcome as a fenced JSON block
+        (always the last block: ``from_artifact_markdown`` reads it back)."""
+        steps = "".join(f"\n  * {step}" for step in self.changed_steps) or " none"
+        failed = f"* failed at step: {self.failed_step}\n" if self.failed_step else ""
+        return (f"# Outcome: {self.action} of cluster `{self.cluster}`: {self.state}\n\n{self.message}\n\n"
+                f"* voters before: {self.voters_before}; after: {self.voters_after}\n{failed}"
+                f"* steps that changed something:{steps}\n\n```json\n{self.model_dump_json(indent=2)}\n```\n")
+
+    @classmethod
+    def from_artifact_markdown(cls, markdown: str) -> ScaleOutcome:
+        """Read an `outcome-<cluster>` artifact's markdown back (e.g. the `data` of POST /api/artifacts/filter).
+        Raises ValueError when it holds no outcome."""
+        start = markdown.rfind("```json\n")
+        end = markdown.rfind("\n```")
+        if start < 0 or end <= start:
+            raise ValueError("the markdown holds no ```json block with an outcome")
+        return cls.model_validate_json(markdown[start + len("```json\n"):end])
 
     @classmethod
     def planned(cls, plan: ScalePlan, message: str, *, dry_run: bool) -> ScaleOutcome:
@@ -397,6 +502,104 @@ class ScaleOutcome(BaseModel):
         return cls(action=plan.action, cluster=plan.cluster, changed=bool(changed), message=message,
                    voters_before=list(plan.voters_before), voters_after=list(voters), changed_steps=changed,
                    skipped_steps=skipped, elapsed_s=elapsed, waited_s=waited, plan_markdown=plan.to_markdown())
+
+
+# ------------------------------------------------------------------------- how a change run ends (D1, D3)
+
+@dataclass
+class ChangeRecord:
+    """What the current change run knows so far (filled in as it goes), for its outcome artifact when it ends early:
+    refused or failed."""
+
+    action: str
+    cluster: str
+    plan_markdown: str = ""
+    plan_url: str = ""
+    voters_before: list[int] = field(default_factory=list)
+    voters_after: list[int] | None = None
+    progress: rb.Progress | None = None
+
+    def note_plan(self, plan: Any, markdown: str, plan_url: str) -> None:
+        """Remember the published plan (a ScalePlan or a SyncPlan)."""
+        self.cluster = plan.cluster
+        self.plan_markdown, self.plan_url = markdown, plan_url
+        voters = getattr(plan, "voters_before", None)
+        self.voters_before = list(voters if voters is not None else getattr(plan, "voters", ()))
+
+    def outcome(self, state: str, message: str) -> ScaleOutcome:
+        """The ScaleOutcome of a run that ended ``state`` (Refused or Failed) with ``message``."""
+        progress = self.progress
+        changed = [f"{r.step} on {r.host}: {r.detail}" for r in progress.changed] if progress else []
+        after = self.voters_after
+        if after is None:
+            after = list(self.voters_before) if not changed else []  # nothing changed, or unknown
+        return ScaleOutcome(action=self.action, cluster=self.cluster, changed=bool(changed), message=message,
+                            voters_before=list(self.voters_before), voters_after=after, changed_steps=changed,
+                            skipped_steps=list(progress.skipped) if progress else [],
+                            plan_markdown=self.plan_markdown, state=state,
+                            failed_step=progress.step if progress is not None and state == "Failed" else "")
+
+
+_CURRENT_CHANGE: ContextVar[ChangeRecord | None] = ContextVar("metascale_current_change", default=None)
+
+
+def current_change() -> ChangeRecord:
+    """The ChangeRecord of the change run in progress (a throwaway one outside a `change_flow`)."""
+    record = _CURRENT_CHANGE.get()
+    return record if record is not None else ChangeRecord(action="", cluster="")
+
+
+def refused_state(refusal: PlanRefused) -> State:
+    """The final state of a refused run (D1): FAILED-type, named "Refused", the one-line reason as its message and the
+    PlanRefused as its result (so calling the flow still raises it; ``state.result(raise_on_failure=False)`` returns
+    it). Its event is `prefect.flow-run.Refused`, which the failure notification does not match."""
+    return Failed(name="Refused", message=" ".join(str(refusal).split()), data=refusal)
+
+
+def publish_outcome(outcome: ScaleOutcome) -> None:
+    """Publish ``outcome`` as the markdown artifact `outcome-<cluster>` of this run (D3). Never raises: the run's
+    own result matters more."""
+    try:
+        create_markdown_artifact(key=f"outcome-{outcome.cluster}", markdown=redact(outcome.to_artifact_markdown()),
+                                 description=redact(f"{outcome.action}: {outcome.state}: {outcome.message}")[:500])
+    except Exception as exc:
+        get_run_logger().warning("could not publish the outcome artifact: %s", exc)
+
+
+FlowFunction = TypeVar("FlowFunction", bound=Callable[..., Any])
+
+
+def change_flow(action: str) -> Callable[[FlowFunction], FlowFunction]:
+    """Decorate a change flow's function (under ``@flow``): the run keeps a ChangeRecord, ends a PlanRefused in the
+    state "Refused" (``refused_state``) instead of Failed, and publishes its `outcome-<cluster>` artifact however it
+    ends (Completed, Refused, Failed; a crash or cancellation is the hooks' part: flows/hooks.py)."""
+    def decorate(fn: FlowFunction) -> FlowFunction:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            params = signature.bind_partial(*args, **kwargs).arguments
+            record = ChangeRecord(action=action, cluster=cluster_name_for_run_name(
+                str(params.get("inventory") or ""), str(params.get("cluster_block") or "")))
+            token = _CURRENT_CHANGE.set(record)
+            try:
+                outcome = fn(*args, **kwargs)
+            except PlanRefused as refusal:
+                get_run_logger().error("%s", refusal)
+                publish_outcome(record.outcome("Refused", str(refusal)))
+                return refused_state(refusal)
+            except Exception as error:
+                publish_outcome(record.outcome("Failed", str(error)))
+                raise
+            finally:
+                _CURRENT_CHANGE.reset(token)
+            if isinstance(outcome, ScaleOutcome):
+                publish_outcome(outcome)
+            return outcome
+
+        return run  # type: ignore[return-value]
+
+    return decorate
 
 
 def ssh_silent_hosts(status: ClusterStatus) -> set[str]:
@@ -471,7 +674,9 @@ def fail_with_diagnostics(action: str, cluster: Inventory, plan: ScalePlan, prog
         extra = [as_meta_node(c) for c in plan.changes if c.action == "add"]
         nodes = [n for n in cluster.meta_nodes if n.host not in dead]
         nodes += [n for n in extra if n.node_id not in {m.node_id for m in nodes}]
-        state = rb.read_cluster_status(cluster, nodes).summary()
+        status = rb.read_cluster_status(cluster, nodes)
+        state = status.summary()
+        current_change().voters_after = list(status.voter_ids) if status.voter_ids is not None else None
     except Exception as exc:
         state = f"cluster state unknown ({exc})"
     done = [f"{r.step} on {r.host}" for r in progress.changed]

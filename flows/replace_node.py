@@ -10,6 +10,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
+    change_flow,
     run_change,
     ssh_silent_hosts,
     PARALLEL_HOSTS,
@@ -18,7 +19,15 @@ from flows.common import (
     cluster_name_for_run_name,
     read_query_facts,
     restart_query_nodes_one_at_a_time,
+    ClusterBlock,
+    HostOrEmpty,
+    InventoryPath,
+    MaintenanceWindowSpec,
+    NodeId,
+    PositiveSeconds,
+    PositiveWholeSeconds,
 )
+from flows.hooks import cluster_state_unknown
 from flows.scale_down import remove_one_node
 from flows.scale_up import add_one_node, undo_unjoined
 from metascale.errors import PlanRefused
@@ -38,18 +47,20 @@ def _run_name() -> str:
 
 
 @flow(name="replace-node", flow_run_name=_run_name, validate_parameters=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_HOSTS))
+      task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_HOSTS),
+      on_crashed=[cluster_state_unknown], on_cancellation=[cluster_state_unknown])
+@change_flow(ACTION)
 def replace_node(
-    node_id: int,
-    new_host: str = "",
-    inventory: str = "",
-    cluster_block: str = "",
+    node_id: NodeId,
+    new_host: HostOrEmpty = "",
+    inventory: InventoryPath = "",
+    cluster_block: ClusterBlock = "",
     dry_run: bool = False,
     require_approval: bool = True,
-    approval_timeout_s: int = 3600,
-    verify_deadline_s: float = 60,
-    leave_timeout_s: float = 60,
-    maintenance_window: str = "",
+    approval_timeout_s: PositiveWholeSeconds = 3600,
+    verify_deadline_s: PositiveSeconds = 60,
+    leave_timeout_s: PositiveSeconds = 60,
+    maintenance_window: MaintenanceWindowSpec = "",
     override_window: bool = False,
     restart_query_nodes: bool = False,
     reset_new_node: bool = False,
@@ -64,19 +75,29 @@ def replace_node(
     stopped.
 
     Args:
-        node_id: raft id of the meta node to replace.
-        new_host: the host that replaces it (IP or DNS name); empty = the first free `[[spare]]` of the inventory.
-        inventory: path to the cluster's inventory TOML (give this or cluster_block).
-        cluster_block: name of a Metascale Cluster block (give this or inventory).
-        dry_run: publish the plan and stop; nothing is changed.
-        require_approval: pause for an operator's approval of the plan before changing anything (on by default).
-        approval_timeout_s: how long to wait for the approval before giving up (nothing changed).
-        verify_deadline_s: how long each verification (joined, removed, stable) may wait.
-        leave_timeout_s: how long the leave request of the old node may take.
-        maintenance_window: e.g. "Sat,Sun 02:00-04:00 Europe/Berlin"; empty = any time.
-        override_window: go ahead outside the maintenance window.
-        restart_query_nodes: after the endpoints are written, restart the query nodes one at a time.
-        reset_new_node: the new host runs databend-meta as a one-node cluster of its own: move its raft dir aside.
+        node_id: raft id of the meta node to replace (its `id` in the inventory, 0 or more), e.g. `3`.
+        new_host: the host that takes its place: an IP address or DNS name, e.g. `192.0.2.14`, with databend-meta
+            installed. Empty = the first free `[[spare]]` host of the inventory.
+        inventory: path of the cluster's inventory TOML on the machine that runs the flow, e.g.
+            `/etc/metascale/prod.toml`. Leave empty when you choose a cluster block: give exactly one of the two.
+        cluster_block: the cluster to change: choose one of the Metascale Cluster blocks (see Blocks), or switch to
+            "block name" and type it. Leave empty when you give an inventory path.
+        dry_run: only publish the plan and stop; nothing on the cluster changes. Try this first.
+        require_approval: pause after the plan until an operator approves it (Resume in the UI, or the API);
+            nothing changes before that. On by default; turn it off only when the caller already approved.
+        approval_timeout_s: seconds to wait for the approval (> 0; default 3600 = 1 h). No answer in time: the
+            run ends Refused and nothing is changed. The wait never outlasts the maintenance window.
+        verify_deadline_s: seconds each verification (new node joined, old node removed, cluster stable) may wait
+            before the run fails (> 0; default 60).
+        leave_timeout_s: seconds the leave request of the old node may take (> 0; default 60).
+        maintenance_window: change only inside this weekly window, `<days> <HH:MM>-<HH:MM> <timezone>`, e.g.
+            `Sat,Sun 02:00-04:00 Europe/Berlin` or `* 01:00-05:00 UTC`. Empty = any time.
+        override_window: go ahead even outside the maintenance window (logged as a warning). Leave off in
+            schedules.
+        restart_query_nodes: after the endpoints are written, restart the query nodes one at a time
+            (`systemctl restart`), each healthy before the next, so they use the new membership now.
+        reset_new_node: the new host already runs databend-meta as a one-node cluster of its own (the packaged
+            `single = true`): stop it and move its raft dir aside first. Any other used raft dir is refused.
     """
     check_common_parameters(ACTION, inventory, cluster_block, approval_timeout_s, verify_deadline_s,
                             maintenance_window)

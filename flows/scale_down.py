@@ -8,7 +8,9 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import audit
 from flows.common import (
+    change_flow,
     run_change,
     PARALLEL_HOSTS,
     ScaleOutcome,
@@ -17,7 +19,14 @@ from flows.common import (
     check_common_parameters,
     cluster_name_for_run_name,
     ssh_silent_hosts,
+    ClusterBlock,
+    InventoryPath,
+    MaintenanceWindowSpec,
+    NodeIds,
+    PositiveSeconds,
+    PositiveWholeSeconds,
 )
+from flows.hooks import cluster_state_unknown
 from metascale.errors import ClusterNotConverged, PlanRefused
 from metascale.inventory import Inventory
 from metascale.plan import NodeChange, QueryFacts, ScalePlan, plan_scale_down
@@ -40,18 +49,20 @@ def _run_name() -> str:
 
 
 @flow(name="scale-down", flow_run_name=_run_name, validate_parameters=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_HOSTS))
+      task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_HOSTS),
+      on_crashed=[cluster_state_unknown], on_cancellation=[cluster_state_unknown])
+@change_flow(ACTION)
 def scale_down(
-    node_ids: list[int],
-    inventory: str = "",
-    cluster_block: str = "",
+    node_ids: NodeIds,
+    inventory: InventoryPath = "",
+    cluster_block: ClusterBlock = "",
     force: bool = False,
-    leave_timeout_s: float = 60,
+    leave_timeout_s: PositiveSeconds = 60,
     dry_run: bool = False,
-    require_approval: bool = False,
-    approval_timeout_s: int = 3600,
-    verify_deadline_s: float = 60,
-    maintenance_window: str = "",
+    require_approval: bool = True,
+    approval_timeout_s: PositiveWholeSeconds = 3600,
+    verify_deadline_s: PositiveSeconds = 60,
+    maintenance_window: MaintenanceWindowSpec = "",
     override_window: bool = False,
     restart_query_nodes: bool = False,
     accept_no_fault_tolerance: bool = False,
@@ -64,6 +75,27 @@ def scale_down(
     `force=True` removes a node whose host is dead (the steps that need its host are skipped).
 
     Args:
+        node_ids: raft ids of the meta nodes to remove (each `id` of a `[[meta]]` in the inventory, 0 or more),
+            e.g. `[4]`; at least one. They leave one at a time, each verified before the next.
+        inventory: path of the cluster's inventory TOML on the machine that runs the flow, e.g.
+            `/etc/metascale/prod.toml`. Leave empty when you choose a cluster block: give exactly one of the two.
+        cluster_block: the cluster to change: choose one of the Metascale Cluster blocks (see Blocks), or switch to
+            "block name" and type it. Leave empty when you give an inventory path.
+        force: remove a node whose host is dead (SSH does not answer): the steps that need its host (stop the
+            service, retire the raft dir) are skipped and listed for you to do by hand. Refused for a node that
+            answers. Default off.
+        leave_timeout_s: seconds the leave request of each node may take (> 0; default 60).
+        dry_run: only publish the plan and stop; nothing on the cluster changes. Try this first.
+        require_approval: pause after the plan until an operator approves it (Resume in the UI, or the API);
+            nothing changes before that. On by default; turn it off only when the caller already approved.
+        approval_timeout_s: seconds to wait for the approval (> 0; default 3600 = 1 h). No answer in time: the
+            run ends Refused and nothing is changed. The wait never outlasts the maintenance window.
+        verify_deadline_s: seconds each verification (node removed, cluster stable) may wait before the run
+            fails (> 0; default 60).
+        maintenance_window: change only inside this weekly window, `<days> <HH:MM>-<HH:MM> <timezone>`, e.g.
+            `Sat,Sun 02:00-04:00 Europe/Berlin` or `* 01:00-05:00 UTC`. Empty = any time.
+        override_window: go ahead even outside the maintenance window (logged as a warning). Leave off in
+            schedules.
         restart_query_nodes: after the endpoints are written, restart the query nodes one at a time
             (`systemctl restart`), each healthy before the next, so they stop using the removed node now.
         accept_no_fault_tolerance: allow a change that leaves 1 or 2 voters, which tolerate no failure (any one
@@ -73,8 +105,8 @@ def scale_down(
                             maintenance_window)
     if not leave_timeout_s > 0:
         raise PlanRefused(ACTION, f"leave_timeout_s must be > 0 (got {leave_timeout_s})")
-    if any(i < 0 for i in node_ids):
-        raise PlanRefused(ACTION, f"node ids must be >= 0 (got {node_ids})")
+    if not node_ids or any(i < 0 for i in node_ids):
+        raise PlanRefused(ACTION, f"node_ids must be >= 0 and name at least one node (got {node_ids})")
     return run_change(
         ACTION, lambda c: _make_plan(c, node_ids, force, restart_query_nodes, accept_no_fault_tolerance),
         lambda c, plan, progress, facts: _apply(c, plan, progress, leave_timeout_s, verify_deadline_s, inventory,
@@ -149,6 +181,7 @@ def remove_one_node(cluster: Inventory, change: NodeChange, progress: rb.Progres
         progress.record([rb.leave_cluster(cluster, node.node_id, list(change.leave_via), leave_timeout_s)])
     progress.verify(f"verify meta-{node.node_id} is removed",
                     lambda: rb.verify_node_removed(cluster, node.node_id, list(change.voters_after), deadline_s))
+    audit.emit(audit.NODE_REMOVED, cluster.name, {"node_id": node.node_id, "host": node.host})
     if change.host_dead:
         logger.warning("meta-%d (%s) is unreachable (force): not stopping its service nor retiring its raft dir; "
                        "do it by hand before that host comes back", node.node_id, node.host)

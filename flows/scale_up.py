@@ -6,16 +6,24 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import audit
 from flows.common import (
+    change_flow,
     run_change,
     PARALLEL_HOSTS,
     read_query_facts,
     restart_query_nodes_one_at_a_time,
-    NewMetaNode,
     ScaleOutcome,
     check_common_parameters,
     cluster_name_for_run_name,
+    ClusterBlock,
+    InventoryPath,
+    MaintenanceWindowSpec,
+    NewNodes,
+    PositiveSeconds,
+    PositiveWholeSeconds,
 )
+from flows.hooks import cluster_state_unknown
 from metascale.errors import PlanRefused
 from metascale.inventory import Inventory, MetaNode, SshOverride
 from metascale.plan import NewNodeSpec, NodeChange, QueryFacts, ScalePlan, plan_scale_up
@@ -39,16 +47,18 @@ def _run_name() -> str:
 
 
 @flow(name="scale-up", flow_run_name=_run_name, validate_parameters=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_HOSTS))
+      task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_HOSTS),
+      on_crashed=[cluster_state_unknown], on_cancellation=[cluster_state_unknown])
+@change_flow(ACTION)
 def scale_up(
-    new_nodes: list[NewMetaNode],
-    inventory: str = "",
-    cluster_block: str = "",
+    new_nodes: NewNodes,
+    inventory: InventoryPath = "",
+    cluster_block: ClusterBlock = "",
     dry_run: bool = False,
-    require_approval: bool = False,
-    approval_timeout_s: int = 3600,
-    verify_deadline_s: float = 60,
-    maintenance_window: str = "",
+    require_approval: bool = True,
+    approval_timeout_s: PositiveWholeSeconds = 3600,
+    verify_deadline_s: PositiveSeconds = 60,
+    maintenance_window: MaintenanceWindowSpec = "",
     override_window: bool = False,
     reset_new_node: bool = False,
     restart_query_nodes: bool = False,
@@ -61,6 +71,24 @@ def scale_up(
     caught up; then set `join` on every meta node, `[meta] endpoints` on every query node, and record the inventory.
 
     Args:
+        new_nodes: the hosts to add, at least one, each with databend-meta installed and reachable over SSH like
+            the other nodes: `host` (an IP address or DNS name, e.g. `192.0.2.14`), and optionally `node_id`
+            (empty = the next free id) and the ports (databend-meta's defaults).
+        inventory: path of the cluster's inventory TOML on the machine that runs the flow, e.g.
+            `/etc/metascale/prod.toml`. Leave empty when you choose a cluster block: give exactly one of the two.
+        cluster_block: the cluster to change: choose one of the Metascale Cluster blocks (see Blocks), or switch to
+            "block name" and type it. Leave empty when you give an inventory path.
+        dry_run: only publish the plan and stop; nothing on the cluster changes. Try this first.
+        require_approval: pause after the plan until an operator approves it (Resume in the UI, or the API);
+            nothing changes before that. On by default; turn it off only when the caller already approved.
+        approval_timeout_s: seconds to wait for the approval (> 0; default 3600 = 1 h). No answer in time: the
+            run ends Refused and nothing is changed. The wait never outlasts the maintenance window.
+        verify_deadline_s: seconds each verification (node joined and caught up, cluster stable) may wait before
+            the run fails (> 0; default 60).
+        maintenance_window: change only inside this weekly window, `<days> <HH:MM>-<HH:MM> <timezone>`, e.g.
+            `Sat,Sun 02:00-04:00 Europe/Berlin` or `* 01:00-05:00 UTC`. Empty = any time.
+        override_window: go ahead even outside the maintenance window (logged as a warning). Leave off in
+            schedules.
         reset_new_node: a new host that already runs databend-meta as a one-node cluster of its own (started once
             with the packaged `single = true`) gets its service stopped and its raft dir moved aside
             (`<raft_dir>.reset-<ts>`) first. Any other used raft dir or running service is refused.
@@ -156,6 +184,7 @@ def add_one_node(cluster: Inventory, change: NodeChange, plan: ScalePlan, progre
         progress.step = f"start meta-{node.node_id}"
         progress.record([rb.start_meta_service(cluster, node)])
     progress.verify(f"verify meta-{node.node_id} joined", lambda: rb.verify_node_joined(cluster, node, deadline_s))
+    audit.emit(audit.NODE_ADDED, cluster.name, {"node_id": node.node_id, "host": node.host})
     return cluster if node.node_id in cluster.meta_ids else cluster.with_meta_node(node)
 
 

@@ -13,16 +13,22 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
 
+from flows import audit
 from flows.common import (
     ScaleOutcome,
+    change_flow,
     check_common_parameters,
     cluster_lock,
     cluster_name_for_run_name,
-    publish_markdown,
+    publish_plan,
     request_approval,
     resolve_cluster,
     tag_flow_run,
+    ClusterBlock,
+    InventoryPath,
+    PositiveWholeSeconds,
 )
+from flows.hooks import cluster_state_unknown
 from metascale.drift import SyncPlan, plan_sync
 from metascale.errors import PlanRefused
 from metascale.inventory import Inventory
@@ -59,24 +65,30 @@ def _outcome(plan: SyncPlan, message: str, *, dry_run: bool, changed: bool) -> S
                         voters_before=voters, voters_after=voters, plan_markdown=plan.to_markdown())
 
 
-@flow(name="sync-inventory", flow_run_name=_run_name, validate_parameters=True)
+@flow(name="sync-inventory", flow_run_name=_run_name, validate_parameters=True,
+      on_crashed=[cluster_state_unknown], on_cancellation=[cluster_state_unknown])
+@change_flow(ACTION)
 def sync_inventory(
-    inventory: str = "",
-    cluster_block: str = "",
+    inventory: InventoryPath = "",
+    cluster_block: ClusterBlock = "",
     dry_run: bool = False,
-    require_approval: bool = False,
-    approval_timeout_s: int = 3600,
+    require_approval: bool = True,
+    approval_timeout_s: PositiveWholeSeconds = 3600,
 ) -> ScaleOutcome:
     """Record the cluster's membership in the inventory (file or block): members it lacks are added under
     `[[meta]]`, `[[removed]]` records of members are dropped, inventory nodes that are not members move to
     `[[removed]]`. Shows the drift and the inventory diff first (artifact `plan-<cluster>`); no host is touched.
 
     Args:
-        inventory: path to an inventory TOML (give this or cluster_block).
-        cluster_block: name of a metascale-cluster block (give this or inventory).
-        dry_run: show the drift and the diff, record nothing.
-        require_approval: pause for an operator's approval of the diff before recording it.
-        approval_timeout_s: how long to wait for the approval.
+        inventory: path of the inventory TOML to bring up to date, on the machine that runs the flow, e.g.
+            `/etc/metascale/prod.toml`. Leave empty when you choose a cluster block: give exactly one of the two.
+        cluster_block: the cluster whose block to bring up to date: choose one of the Metascale Cluster blocks (see
+            Blocks), or switch to "block name" and type it. Leave empty when you give an inventory path.
+        dry_run: only show the drift and the inventory diff; record nothing. Try this first.
+        require_approval: pause after the diff until an operator approves it (Resume in the UI, or the API);
+            nothing is recorded before that. On by default; turn it off only when the caller already approved.
+        approval_timeout_s: seconds to wait for the approval (> 0; default 3600 = 1 h). No answer in time: the
+            run ends Refused and nothing is recorded.
     """
     check_common_parameters(ACTION, inventory, cluster_block, approval_timeout_s, 1, "")
     cluster, key_text = resolve_cluster(inventory, cluster_block)
@@ -86,7 +98,7 @@ def sync_inventory(
     with run_pool(cluster, key_text), cluster_lock(cluster.name):
         cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
         plan = _plan(cluster, source, removed_at)
-        publish_markdown(f"plan-{cluster.name}", plan.to_markdown(), plan.summary())
+        publish_plan(plan, ACTION)
         get_run_logger().info("plan:\n%s", plan.to_markdown())  # the diff, before anything is recorded
         for line in plan.drift:
             get_run_logger().warning("inventory drift: %s", line)
@@ -103,4 +115,6 @@ def sync_inventory(
                                           "approved diff is not the one that would be recorded; nothing was changed: "
                                           "review the new plan and rerun")
         result = rb.record_inventory(plan.inventory_after, inventory, cluster_block)
+        if result.changed:
+            audit.emit(audit.INVENTORY_SYNCED, plan.cluster, {"changes": list(plan.drift) or [plan.summary()]})
         return _outcome(plan, f"{plan.summary()}: {result.detail}", dry_run=False, changed=result.changed)

@@ -125,6 +125,37 @@ def parse_metactl_status(text: str) -> tuple[str | None, set[int]]:
     return state, voters
 
 
+# sh -c SCRIPT sh UNIT: `enable --now` / `disable --now`, but enable/disable (a daemon-reload) only when needed
+_ENABLE_AND_START = 'systemctl is-enabled --quiet "$1" || systemctl enable --quiet "$1"; systemctl start "$1"'
+_DISABLE_AND_STOP = ('if systemctl is-enabled --quiet "$1"; then systemctl disable --quiet --now "$1"; '
+                     'else systemctl stop "$1"; fi')
+
+# python3 -I -c SCRIPT UNIT GRPC_ADDR EXPECTED_IDS TIMEOUT_S, run on a meta host: enable (if needed) and start the
+# unit, then poll the node's gRPC status (the JSON `databend-metactl status` renders) until State is Leader or
+# Follower and the voter ids are EXPECTED_IDS (comma-separated). Exit 0 when they are; 3 after TIMEOUT_S.
+_START_META_AND_WAIT = """
+import subprocess, sys, time
+sys.path.insert(0, '/usr/lib/databend-standin')
+from standin import wire
+unit, addr, timeout_s = sys.argv[1], sys.argv[2], float(sys.argv[4])
+expected = {int(i) for i in sys.argv[3].split(',') if i}
+if subprocess.run(['systemctl', 'is-enabled', '--quiet', unit]).returncode != 0:
+    subprocess.run(['systemctl', 'enable', '--quiet', unit], check=True)
+subprocess.run(['systemctl', 'start', unit], check=True)
+deadline = time.monotonic() + timeout_s
+while True:
+    try:
+        st = wire.call_json(addr, 'GET', '/v1/grpc/status', timeout=5.0)
+        if st['state'] in ('Leader', 'Follower') and {int(v['name']) for v in st['voters'] or []} == expected:
+            sys.exit(0)
+    except Exception:
+        pass
+    if time.monotonic() >= deadline:
+        sys.exit(3)
+    time.sleep(0.02)
+"""
+
+
 class Lab:
     """A lab of test hosts under `directory`, every kernel object named after `prefix`."""
 
@@ -493,69 +524,95 @@ class Lab:
         self.root_exec("meta1", ["/usr/bin/python3", "-I", "-c", code, self.grpc_address("meta1"), str(count),
                                  str(PRELOAD_BATCH)], timeout_s=120)
 
-    def _form_cluster(self) -> None:
+    def _form_cluster(self, ready: Callable[[str], object] = lambda name: None) -> None:
         """Start meta1 (single) and wait for it to lead, then each next meta host (join) until it is a voter.
 
         The meta units are enabled (a rebooted meta host starts its node again); meanwhile spare hosts get
         databend-meta disabled and stopped. Then query hosts get databend-query enabled and started.
+        `ready(name)` is called (from `reset`: waits until that spare or query host is wiped) before a spare or
+        query host is touched.
         """
         hosts = self.hosts
         spares = [h.name for h in hosts.values() if h.role == "spare"]
         with ThreadPoolExecutor(max_workers=max(1, len(spares))) as pool:
-            side = [pool.submit(self._baseline_service, n) for n in spares]
+            side = [pool.submit(lambda n: (ready(n), self._baseline_service(n)), n) for n in spares]
             for spec in sorted((h for h in hosts.values() if h.role == "meta"), key=lambda h: h.meta_id):
                 self._start_meta_and_wait(spec, {m.meta_id for m in hosts.values()
                                                  if m.role == "meta" and m.meta_id <= spec.meta_id})
             for future in side:
                 future.result()
-        self._preload()
         queries = [h.name for h in hosts.values() if h.role == "query"]
-        if queries:   # databend-query needs the meta cluster at start
-            self._parallel(self._baseline_service, queries)
+        # databend-query needs the meta cluster at start (not the preloaded keys): it starts while they are written
+        self._parallel(lambda n: self._preload() if n is None else (ready(n), self._baseline_service(n)),
+                       [None, *queries])
 
     def _baseline_service(self, name: str) -> None:
-        """Query host: databend-query enabled and running. Spare host: databend-meta disabled and stopped."""
+        """Query host: databend-query enabled and running. Spare host: databend-meta disabled and stopped.
+
+        Same end state as `systemctl enable|disable --now`, but `enable`/`disable` (each a daemon-reload, the slow
+        part) only run when the unit's enablement is not already the wanted one."""
         if self.host(name).role == "query":
-            self.root_exec(name, ["systemctl", "enable", "--quiet", "--now", QUERY_SERVICE])
+            self.root_exec(name, ["sh", "-c", _ENABLE_AND_START, "sh", QUERY_SERVICE])
         else:
-            self.root_exec(name, ["systemctl", "disable", "--quiet", "--now", META_SERVICE])
+            self.root_exec(name, ["sh", "-c", _DISABLE_AND_STOP, "sh", META_SERVICE])
 
     def _start_meta_and_wait(self, spec: HostSpec, expected: set[int]) -> None:
-        """Enable and start databend-meta on `spec`; wait until it is Leader/Follower with voters `expected`."""
-        self.root_exec(spec.name, ["systemctl", "enable", "--quiet", "--now", META_SERVICE])
+        """Enable and start databend-meta on `spec`; wait until it is Leader/Follower with voters `expected`.
 
-        def joined() -> bool:
-            state, voters = self.meta_status(spec.name)
-            return state in ("Leader", "Follower") and voters == expected
-
-        if not _wait_until(joined, FORM_TIMEOUT_S, poll_s=0.1):
-            state, voters = self.meta_status(spec.name)
-            raise LabError(f"{spec.name} did not become a voter within {FORM_TIMEOUT_S:g} s "
-                           f"(state {state}, voters {sorted(voters)}, expected {sorted(expected)})")
+        One command on the host (_START_META_AND_WAIT): enable (only if not enabled) and start the unit, then poll
+        the node's own status every 20 ms (what `databend-metactl status` prints State and Voters from) instead
+        of a metactl run through nsenter per poll from here."""
+        proc = self.root_exec(spec.name, ["/usr/bin/python3", "-I", "-c", _START_META_AND_WAIT, META_SERVICE,
+                                          self.grpc_address(spec.name), ",".join(map(str, sorted(expected))),
+                                          str(FORM_TIMEOUT_S)], timeout_s=FORM_TIMEOUT_S + 30, check=False)
+        if proc.returncode == 0:
+            return
+        if proc.returncode != 3:
+            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+            raise LabError(f"{spec.name}: starting {META_SERVICE} exited {proc.returncode}: {tail}")
+        state, voters = self.meta_status(spec.name)
+        raise LabError(f"{spec.name} did not become a voter within {FORM_TIMEOUT_S:g} s "
+                       f"(state {state}, voters {sorted(voters)}, expected {sorted(expected)})")
 
     # ---------------------------------------------------------------- reset
     def reset(self, full: bool = False) -> float:
         """Bring a running lab back to the baseline cluster without recreating hosts; returns seconds taken.
 
         Heals links, boots stopped hosts, stops the services, wipes raft state and logs, restores
-        /etc/databend to baseline, then forms the cluster again. Shortcut (unless `full`): when every host is
-        running with its link up and shows exactly the fingerprint recorded when the cluster last formed
+        /etc/databend to baseline, then forms the cluster again. Shortcuts (unless `full`), when every host is
+        running with its link up: a host that shows exactly the fingerprint recorded when the cluster last formed
         (config files, unit states, spare raft dirs, and each meta node's state/leader/term/last log
-        index/voters), the lab already is at baseline and nothing is touched.
+        index/voters) is at baseline. All at baseline: nothing is touched. Every meta host at baseline, some
+        spare or query hosts not: only those hosts are reset (the same wipe and restore, then a query host's
+        databend-query started again against the unchanged cluster); the meta cluster is not formed again.
         Raises LabError if the lab is not up.
         """
         if not self.hosts or not netns.netns_exists(self.lab_netns):
             raise LabError(f"lab {self.prefix} is not up; run `python -m sandbox up` first")
         started = time.monotonic()
         names = list(self.hosts)
-        if not full and self._has_standin() and self._at_baseline(names):
-            return time.monotonic() - started
+        if not full and self._has_standin():
+            stale = self._stale_hosts(names)
+            if stale == []:
+                return time.monotonic() - started
+            if stale is not None and all(self.host(n).role != "meta" for n in stale):
+                self._parallel(self._reset_side_host, stale)
+                self._record_fingerprints(stale)
+                return time.monotonic() - started
         for name in names:
             self.heal(name)
         self._parallel(lambda n: None if self.is_running(n) else self.start_host(n), names)
         if self._has_standin():
-            self._parallel(self._reset_host, names)
-            self._form_cluster()
+            # every host is wiped at once; the cluster forms as soon as the meta hosts are (a query host's
+            # databend-query takes longer to stop), the others are waited for before they are touched again
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                wiped = {n: pool.submit(self._reset_host, n) for n in names}
+                for name in names:
+                    if self.host(name).role == "meta":
+                        wiped[name].result()
+                self._form_cluster(ready=lambda n: wiped[n].result())
+                for future in wiped.values():
+                    future.result()
             self._record_fingerprints()
         return time.monotonic() - started
 
@@ -565,22 +622,29 @@ class Lab:
 
     def _fingerprint(self, name: str) -> str:
         """What `reset` compares on host `name`: /etc/databend (names and content), the databend unit's
-        active/enabled state, a spare's raft dir, and a meta node's membership view (no replication lines)."""
+        active/enabled state, a spare's raft and log dirs, and a meta node's membership view (no replication
+        lines)."""
         spec = self.host(name)
         service = QUERY_SERVICE if spec.role == "query" else META_SERVICE
         script = (f"ls -A /etc/databend; cat /etc/databend/* | sha256sum; systemctl is-active {service}; "
                   f"systemctl is-enabled {service}; cat {STANDIN_VERSION_FILE} 2>/dev/null; ")
-        if spec.role == "spare":
-            script += "ls -A /var/lib/databend/raft; "
-        if spec.role == "meta":
-            script += (f"databend-metactl status --grpc-api-address {self.grpc_address(name)} | grep -E "
-                       "'^(Node|State|Leader|CurrentTerm|LastLogIndex|Voters|NonVoters)|^  - id='")
-        return self.root_exec(name, ["sh", "-c", script], timeout_s=20, check=False).stdout
+        if spec.role == "spare":   # never started at baseline: no raft state, no log files
+            script += "ls -A /var/lib/databend/raft /var/log/databend; "
+        if spec.role != "meta":
+            return self.root_exec(name, ["sh", "-c", script], timeout_s=20, check=False).stdout
+        # The node's status as JSON (curl, not a metactl process per read), rendered here as `databend-metactl
+        # status` prints it, keeping the same lines as before: Node, State, Leader, CurrentTerm, LastLogIndex, voters.
+        script += f"echo {_STATUS_MARK}; curl -s --max-time 10 http://{self.grpc_address(name)}/v1/grpc/status"
+        out = self.root_exec(name, ["sh", "-c", script], timeout_s=20, check=False).stdout
+        head, _, status = out.partition(f"{_STATUS_MARK}\n")
+        return head + _membership_lines(status)
 
-    def _record_fingerprints(self) -> None:
-        """Remember every host's fingerprint once the new cluster has settled (two equal reads in a row,
-        at most FINGERPRINT_SETTLE_S); that is the baseline `reset` compares with."""
-        names = list(self.hosts)
+    def _record_fingerprints(self, only: list[str] | None = None) -> None:
+        """Remember every host's fingerprint (or only those of hosts `only`, the others' kept) once the new
+        cluster has settled (two equal reads in a row, at most FINGERPRINT_SETTLE_S); that is the baseline
+        `reset` compares with."""
+        names = list(self.hosts) if only is None else list(only)
+        recorded = {} if only is None else json.loads(self._fingerprint_file.read_text())
         seen = {"prints": self._parallel(self._fingerprint, names)}
 
         def settled() -> bool:
@@ -589,35 +653,52 @@ class Lab:
             return same
 
         _wait_until(settled, FINGERPRINT_SETTLE_S, poll_s=0.2)
-        self._fingerprint_file.write_text(json.dumps(dict(zip(names, seen["prints"])), indent=1) + "\n")
+        recorded.update(zip(names, seen["prints"]))
+        self._fingerprint_file.write_text(json.dumps({n: recorded[n] for n in self.hosts}, indent=1) + "\n")
 
-    def _at_baseline(self, names: list[str]) -> bool:
-        """True if every host runs, has its link up, and matches its recorded baseline fingerprint."""
+    def _stale_hosts(self, names: list[str]) -> list[str] | None:
+        """The hosts among `names` whose fingerprint differs from the recorded baseline ([] = all at baseline);
+        None when that cannot be told host by host: no baseline recorded for exactly these hosts, or a host
+        powered off or cut off."""
         try:
             recorded = json.loads(self._fingerprint_file.read_text())
         except (FileNotFoundError, ValueError):
-            return False
+            return None
         if set(recorded) != set(names):
-            return False
+            return None
         if not all(self.is_running(n) and netns.host_link_is_up(self.prefix, self.host(n).index) for n in names):
-            return False
-        return self._parallel(self._fingerprint, names) == [recorded[n] for n in names]
+            return None
+        prints = self._parallel(self._fingerprint, names)
+        return [n for n, fp in zip(names, prints, strict=True) if fp != recorded[n]]
+
+    def _reset_side_host(self, name: str) -> None:
+        """Back to baseline a spare or query host of a cluster that is at baseline: `_reset_host`, then the
+        query host's databend-query enabled and started (a spare's databend-meta is already disabled, stopped)."""
+        self._reset_host(name)
+        if self.host(name).role == "query":
+            self._baseline_service(name)
 
     def _reset_host(self, name: str) -> None:
-        """Stop databend services on `name`, wipe their state, restore baseline config files."""
+        """Stop databend services on `name`, wipe their state, restore baseline config files (one command).
+
+        The unit is stopped, not disabled: `_form_cluster` leaves meta/query units enabled and spare units disabled
+        (enable/disable only when the state differs), the same end state as `disable --now` then `enable --now`
+        without two daemon-reloads per host."""
         spec = self.host(name)
         service = QUERY_SERVICE if spec.role == "query" else META_SERVICE
         baseline = self._baseline(name)
         keep = " ".join(shlex.quote(f"/etc/databend/{n}") for n in baseline)
-        script = (f"systemctl disable --quiet --now {service} && {{ systemctl reset-failed || true; }} && "
+        stop = _DISABLE_AND_STOP if spec.role == "spare" else 'systemctl stop "$1"'
+        script = (f"{{ {stop}; }} && {{ systemctl reset-failed || true; }} && "
                   f"rm -rf /var/lib/databend/raft/* /var/log/databend/* {STANDIN_VERSION_FILE} && "
-                  f"for f in /etc/databend/*; do case \" {keep} \" in *\" $f \"*) ;; *) rm -rf \"$f\";; esac; done")
-        self.root_exec(name, ["sh", "-c", script])
+                  f"for f in /etc/databend/*; do case \" {keep} \" in *\" $f \"*) ;; *) rm -rf \"$f\";; esac; done"
+                  " && shift && while [ $# -gt 0 ]; do "
+                  'printf %s "$4" > "$1" && chmod "$2" "$1" && chown "root:$3" "$1" && shift 4 || exit 1; done')
+        files: list[str] = []
         for file_name, text in baseline.items():
-            path = f"/etc/databend/{file_name}"
             mode, group = ("640", "databend") if "\nraft_secret" in text else ("644", "root")   # as boot.sh
-            self.root_exec(name, ["sh", "-c", 'cat > "$1" && chmod "$2" "$1" && chown "root:$3" "$1"', "sh", path,
-                                  mode, group], input=text)
+            files += [f"/etc/databend/{file_name}", mode, group, text]
+        self.root_exec(name, ["sh", "-c", script, "sh", service, *files])
 
     # ---------------------------------------------------------------- older releases, TLS (issue #9 items 5, 6)
     def install_version(self, name: str, release: str | None, *, restart: bool = True) -> None:
@@ -792,6 +873,22 @@ class Lab:
                 "service": f"{service}={active}",
             })
         return rows
+
+
+_STATUS_MARK = "--- status ---"
+_MEMBERSHIP_LINE = re.compile(r"^(Node|State|Leader|CurrentTerm|LastLogIndex|Voters|NonVoters)|^  - id=")
+
+
+def _membership_lines(status_json: str) -> str:
+    """The lines of `databend-metactl status` (newest format) that describe membership, for a node's gRPC status
+    JSON; "" if the node did not answer with one."""
+    from sandbox.standin.metactl import render_status
+
+    try:
+        text = render_status(json.loads(status_json))
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return "".join(f"{line}\n" for line in text.splitlines() if _MEMBERSHIP_LINE.match(line))
 
 
 def _cgroup_dirs(base: Path) -> list[Path]:

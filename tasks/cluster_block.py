@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
@@ -19,7 +20,8 @@ from metascale.errors import InventoryError
 from metascale.inventory import Inventory, load_inventory, parse_inventory
 
 BLOCK_TYPE_SLUG = "metascale-cluster"
-_BLOCK_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+BLOCK_NAME_PATTERN = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"  # a whole name (fullmatch); the flows' schema uses it too
+_BLOCK_NAME_RE = re.compile(BLOCK_NAME_PATTERN)
 _VALID_NAME = "lowercase letters, digits and '-', e.g. 'prod-eu'"
 
 
@@ -46,9 +48,27 @@ class MetaCluster(Block):
 
 def check_block_name(name: str, what: str = "block") -> str:
     """Return `name` if Prefect accepts it as a block document name; raise ValueError naming it otherwise."""
-    if not _BLOCK_NAME_RE.match(name):
+    if not _BLOCK_NAME_RE.fullmatch(name):
         raise ValueError(f"{what} name {name!r} is invalid (valid: {_VALID_NAME})")
     return name
+
+
+def cluster_block_name(value: MetaCluster | dict[str, Any] | str | None) -> str:
+    """Return the block name a flow's `cluster_block` parameter stands for: the name itself, or the name of the
+    saved `MetaCluster` the form's block picker chose. The engine turns the picker's `{"$ref": {"block_document_id":
+    …}}` into that block before the flow runs; a raw reference (a flow run's parameters as the API stores them) is
+    loaded here. None means no block ("").
+
+    Raises: ValueError when the block was never saved (it has no name to record the inventory under)."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, dict):
+        value = MetaCluster.load_from_ref(value.get("$ref", value))
+    name = getattr(value, "_block_document_name", None)
+    if not name:
+        raise ValueError("this Metascale Cluster block was never saved, so it has no name: save it first "
+                         "(`MetaCluster(...).save(NAME)`) or pass its name as cluster_block")
+    return str(name)
 
 
 def _load_block(name: str) -> MetaCluster:

@@ -1,5 +1,6 @@
-"""End to end, the way a team runs it: Prefect server on PostgreSQL, `prefect deploy --all`, a worker on the process
-pool, a scale-down with approval triggered and approved through the REST API, checked on the lab and in the UI.
+"""End to end, the way a team runs it: Prefect server on PostgreSQL, `prefect deploy --all` (from a directory that is
+not the project), a worker on the process pool (started in yet another place), a scale-down with approval triggered
+and approved through the REST API, checked on the lab and in the UI.
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments import rest
 from deployments.local_server import ManagedProcess, prefect_executable, server_env, start_process, start_prefect_server
-from deployments.specs import DEPLOYMENT_NAMES, PROJECT_ROOT, WORK_POOL, load_specs, to_runner_deployments
+from deployments.specs import (
+    DEPLOYMENT_NAMES,
+    PREFECT_YAML,
+    PROJECT_ROOT,
+    WORK_POOL,
+    code_version,
+    load_specs,
+    to_runner_deployments,
+)
 from tests.e2e import browser
 from tests.e2e.postgres import start_private_postgres
 
@@ -35,9 +45,7 @@ def pg_api() -> Iterator[tuple[str, dict[str, str]]]:
     try:
         server, api_url = start_prefect_server(home, database_url=postgres.url)
         try:
-            env = server_env(home, api_url, postgres.url)
-            env["PWD"] = str(PROJECT_ROOT)  # prefect.yaml's pull step: "{{ $PWD }}"
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+            env = server_env(home, api_url, postgres.url)  # no PYTHONPATH: runs import the installed metascale
             yield api_url, env
         finally:
             server.stop()
@@ -46,30 +54,39 @@ def pg_api() -> Iterator[tuple[str, dict[str, str]]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run_cli(argv: list[str], env: dict[str, str], timeout_s: float = 180) -> str:
-    result = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout_s,
+def run_cli(argv: list[str], env: dict[str, str], timeout_s: float = 180, cwd: Path = PROJECT_ROOT) -> str:
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
 @pytest.fixture(scope="module")
-def deployed(pg_api: tuple[str, dict[str, str]], lab: Any) -> dict[str, dict[str, Any]]:
-    """Setup (pool, block types, `lab` block + key Secret, limit) and `prefect deploy --all`; name → deployment."""
+def elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory that is neither the project nor related to it: deploys and the worker start here."""
+    return tmp_path_factory.mktemp("elsewhere")
+
+
+@pytest.fixture(scope="module")
+def deployed(pg_api: tuple[str, dict[str, str]], lab: Any, elsewhere: Path) -> dict[str, dict[str, Any]]:
+    """Setup (pool, block types, `lab` block + key Secret, limit, default-cluster variable) and `prefect deploy --all`
+    run from another directory; name → deployment."""
     api_url, env = pg_api
     run_cli([sys.executable, "-m", "deployments.setup", "--cluster-block", "lab", "--inventory", str(lab.inventory),
              "--ssh-key-file", str(lab.key_file)], env)
-    run_cli([prefect_executable(), "--no-prompt", "deploy", "--all"], env)
+    run_cli([prefect_executable(), "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_YAML)],
+            dict(env, PWD=str(elsewhere)), cwd=elsewhere)
     return {name: rest.read_deployment(api_url, name, name) for name in DEPLOYMENT_NAMES}
 
 
 @pytest.fixture(scope="module")
-def worker(pg_api: tuple[str, dict[str, str]], deployed: dict[str, Any]) -> Iterator[ManagedProcess]:
-    """`prefect worker start` on the process pool; stopped with TERM, then escalated (prefect-notes §4)."""
+def worker(pg_api: tuple[str, dict[str, str]], deployed: dict[str, Any], elsewhere: Path) -> Iterator[ManagedProcess]:
+    """`prefect worker start` on the process pool, in another directory; stopped with TERM, then escalated
+    (prefect-notes §4)."""
     _, env = pg_api
     process = start_process("worker", [prefect_executable(), "worker", "start", "--pool", WORK_POOL, "--name",
-                                       f"e2e-{os.getpid()}"], env=env,
-                            log_path=ARTIFACTS / "e2e-worker.log", cwd=PROJECT_ROOT)
+                                       f"e2e-{os.getpid()}"], env=dict(env, PWD="/"),
+                            log_path=ARTIFACTS / "e2e-worker.log", cwd=elsewhere)
     try:
         yield process
     finally:
@@ -77,17 +94,21 @@ def worker(pg_api: tuple[str, dict[str, str]], deployed: dict[str, Any]) -> Iter
         assert process.popen.poll() is not None, f"worker pid {process.pid} survived TERM, TERM, KILL"
 
 
-def _schedules(deployment: dict[str, Any]) -> list[tuple[str, str, bool, dict[str, Any]]]:
-    return sorted((s["schedule"]["cron"], s["schedule"]["timezone"], s["active"], s.get("parameters") or {})
+def _schedules(deployment: dict[str, Any]) -> list[tuple[str | None, str, str, dict[str, Any]]]:
+    return sorted((s["slug"], s["schedule"]["cron"], s["schedule"]["timezone"], s.get("parameters") or {})
                   for s in deployment["schedules"])
 
 
-def test_deployed_schedules_exist_with_their_timezone(deployed: dict[str, dict[str, Any]]) -> None:
-    assert _schedules(deployed["cluster-check"])[0][:3] == ("0 * * * *", "UTC", True)
-    for name in ("scale-up", "scale-down"):
-        (schedule,) = _schedules(deployed[name])
-        assert schedule[1] == "Europe/Berlin" and schedule[2] is False, f"{name} must ship an inactive schedule"
-        assert deployed[name]["work_pool_name"] == WORK_POOL
+def test_deployed_with_the_hourly_check_the_default_cluster_and_the_commit(deployed: dict[str, dict[str, Any]]) -> None:
+    assert _schedules(deployed["cluster-check"]) == [("hourly", "0 * * * *", "UTC", {})]
+    assert deployed["cluster-check"]["schedules"][0]["active"] is True, "on when first created"
+    version = code_version()["version"]
+    for name, deployment in deployed.items():
+        assert deployment["work_pool_name"] == WORK_POOL
+        assert deployment["version"] == version, name
+        assert deployment["parameters"]["cluster_block"] == "lab", "the variable `deployments.setup` set"
+        if name != "cluster-check":
+            assert deployment["schedules"] == [], f"{name}: no shipped schedule; the operator adds their own"
 
 
 def _automation(automation: dict[str, Any]) -> tuple[Any, ...]:
@@ -100,7 +121,8 @@ def _automation(automation: dict[str, Any]) -> tuple[Any, ...]:
 def test_prefect_yaml_and_serve_define_the_same_deployments(pg_api: tuple[str, dict[str, str]],
                                                             deployed: dict[str, dict[str, Any]]) -> None:
     api_url, _ = pg_api
-    served = {d.name: d for d in to_runner_deployments(load_specs())}
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):  # the variables of this server
+        served = {d.name: d for d in to_runner_deployments(load_specs())}
 
     assert set(served) == set(deployed) == set(DEPLOYMENT_NAMES)
     for name, api in deployed.items():
@@ -108,8 +130,10 @@ def test_prefect_yaml_and_serve_define_the_same_deployments(pg_api: tuple[str, d
         assert api["description"] == mine.description
         assert sorted(api["tags"]) == sorted(mine.tags)
         assert api["parameters"] == mine.parameters
-        assert _schedules(api) == sorted((s.schedule.cron, s.schedule.timezone, s.active, s.parameters or {})
-                                         for s in mine.schedules)
+        assert api["version"] == mine.version
+        assert api["entrypoint"] == mine.entrypoint
+        assert _schedules(api) == sorted((s.slug, s.schedule.cron, s.schedule.timezone, s.parameters or {})
+                                         for s in mine.schedules or ())
         assert api["parameter_openapi_schema"]["properties"].keys() == mine._parameter_openapi_schema.properties.keys()
         related = rest.request_json("GET", f"{api_url}/automations/related-to/prefect.deployment.{api['id']}")
         automations = [a for a in related  # `prefect deploy` created the triggers' automations, which run it
@@ -154,6 +178,8 @@ def test_scale_down_with_approval_through_the_rest_api(pg_api: tuple[str, dict[s
     finished = time.monotonic()
 
     assert rest.state_type(final) == "COMPLETED", f"{final['state']}\n{worker.log_tail(60)}"
+    assert final["deployment_version"] == code_version()["version"], "the run records the git commit it ran"
+    assert "set_project_directory" in worker.log_path.read_text(errors="replace"), "the pull step ran"
     state_after, voters_after = fresh_lab.meta_status("meta1")
     assert voters_after == {1, 2} and state_after in {"Leader", "Follower"}
     ARTIFACTS.mkdir(exist_ok=True)

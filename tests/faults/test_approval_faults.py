@@ -106,7 +106,7 @@ def test_a_leader_change_during_the_approval_wait_is_refused_saying_what_changed
 
 def test_a_change_to_two_voters_is_refused_without_accept_no_fault_tolerance(fresh_lab: Lab, inventory: Path) -> None:
     before = snapshot(fresh_lab)
-    state = scale_down(node_ids=[3], inventory=str(inventory), return_state=True)
+    state = scale_down(node_ids=[3], inventory=str(inventory), return_state=True, require_approval=False)
     message = str(state.message)
     assert state.is_failed(), state
     assert "tolerates no failure" in message and "accept_no_fault_tolerance=True" in message, message
@@ -146,11 +146,12 @@ def test_the_node_leading_at_its_leave_hands_over_to_a_node_that_stays(fresh_lab
                                       "--admin-api-address", fresh_lab.admin_address("meta1")])
         poll(lambda: voters_and_leader(fresh_lab, ["meta1", "meta2", "meta3"])[1] == 2, "meta-2 leads")
 
-    up = scale_up(new_nodes=[{"host": fresh_lab.host("spare1").ip}], inventory=str(inventory))
+    up = scale_up(new_nodes=[{"host": fresh_lab.host("spare1").ip}], inventory=str(inventory), require_approval=False)
     assert up.voters_after == [1, 2, 3, 4]
     assert voters_and_leader(fresh_lab, ["meta1", "meta2", "meta3"])[1] == 1
     wrap_task(monkeypatch, "check_quorum_before_leave", meta2_takes_over)
-    outcome = scale_down(node_ids=[3, 2], inventory=str(inventory), accept_no_fault_tolerance=True)
+    outcome = scale_down(node_ids=[3, 2], inventory=str(inventory), accept_no_fault_tolerance=True,
+                         require_approval=False)
     assert outcome.voters_after == [1, 4]
     transfers = [s for s in outcome.changed_steps if s.startswith("transfer_leadership")]
     assert transfers and all(t.startswith("transfer_leadership on 127.100.0.12") for t in transfers), \

@@ -154,7 +154,7 @@ def test_bad_input_is_refused_before_any_change(name: str, baseline: Lab, tmp_pa
             case.setup(lab, inventory)
         before = snapshot(lab)
         inventory_before = inventory.read_text()
-        state = case.flow(return_state=True, **params)
+        state = case.flow(return_state=True, require_approval=False, **params)
         message = str(state.message)
         assert state.is_failed(), f"{name}: the run did not fail: {state}"
         assert case.needle in message, f"{name}: {case.needle!r} not in the message: {message}"

@@ -132,7 +132,7 @@ def test_new_node_fails_to_start(fresh_lab: Lab, inventory: Path, monkeypatch: p
     try:
         clue = inject(fresh_lab, monkeypatch, squatter, cleanups)
         state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), verify_deadline_s=15,
-                         return_state=True)
+                         return_state=True, require_approval=False)
         message = str(state.message)
         assert state.is_failed(), state
         assert "meta-4" in message and "diagnostics-lab" in message, message
@@ -151,7 +151,7 @@ def test_follower_partitioned_before_scale_down_is_refused(fresh_lab: Lab, inven
     fresh_lab.cut("meta3")
     try:
         before = snapshot(fresh_lab)
-        state = scale_down(node_ids=[2], inventory=str(inventory), return_state=True)
+        state = scale_down(node_ids=[2], inventory=str(inventory), return_state=True, require_approval=False)
         assert state.is_failed()
         assert "quorum" in str(state.message), state.message
         after = snapshot(fresh_lab)   # meta3's own state drifts (Follower -> Candidate) because of the cut itself
@@ -170,7 +170,7 @@ def test_leader_crash_between_leader_check_and_leave_then_rerun_converges(
     leader_host = f"meta{leader}"
     wrap_task(monkeypatch, "leave_cluster", lambda: fresh_lab.crash(leader_host))
     state = scale_down(node_ids=[victim], inventory=str(inventory), verify_deadline_s=20, leave_timeout_s=20,
-                       accept_no_fault_tolerance=True, return_state=True)
+                       accept_no_fault_tolerance=True, return_state=True, require_approval=False)
     message = str(state.message)
     assert state.is_failed(), state
     assert "leave" in message and "rerun" in message, message
@@ -184,7 +184,7 @@ def test_leader_crash_between_leader_check_and_leave_then_rerun_converges(
     poll(lambda: len({frozenset(fresh_lab.meta_status(f"meta{n}")[1]) for n in (1, 2, 3)}) == 1,
          "the three nodes to agree on the voters")
     rerun = scale_down(node_ids=[victim], inventory=str(inventory), verify_deadline_s=30,
-                       accept_no_fault_tolerance=True)
+                       accept_no_fault_tolerance=True, require_approval=False)
     assert rerun.voters_after == sorted({1, 2, 3} - {victim})
     assert assert_consistent(fresh_lab, inventory) == {1, 2, 3} - {victim}
 
@@ -202,7 +202,7 @@ def test_leave_that_hangs_without_quorum_times_out_and_explains(fresh_lab: Lab, 
     wrap_task(monkeypatch, "leave_cluster", both_followers_down)
     started = time.monotonic()
     state = scale_down(node_ids=[3], inventory=str(inventory), leave_timeout_s=8, verify_deadline_s=10,
-                       accept_no_fault_tolerance=True, return_state=True)
+                       accept_no_fault_tolerance=True, return_state=True, require_approval=False)
     elapsed = time.monotonic() - started
     message = str(state.message)
     assert state.is_failed(), state
@@ -213,7 +213,8 @@ def test_leave_that_hangs_without_quorum_times_out_and_explains(fresh_lab: Lab, 
     for name in ("meta2", "meta3"):
         fresh_lab.root_exec(name, ["systemctl", "start", "databend-meta"])
     poll(lambda: fresh_lab.meta_status("meta2")[0] in ("Leader", "Follower"), "meta2 back in the cluster")
-    rerun = scale_down(node_ids=[3], inventory=str(inventory), verify_deadline_s=60, accept_no_fault_tolerance=True)
+    rerun = scale_down(node_ids=[3], inventory=str(inventory), verify_deadline_s=60, accept_no_fault_tolerance=True,
+                       require_approval=False)
     assert rerun.voters_after == [1, 2]
     assert assert_consistent(fresh_lab, inventory) == {1, 2}
 
@@ -224,7 +225,7 @@ def test_sudo_denied_on_the_new_host_is_a_clear_error(fresh_lab: Lab, inventory:
     try:
         before = snapshot(fresh_lab)
         state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), verify_deadline_s=15,
-                         return_state=True)
+                         return_state=True, require_approval=False)
         message = str(state.message)
         assert state.is_failed(), state
         assert "sudo" in message and SPARE1 in message, message
@@ -241,7 +242,8 @@ def test_two_runs_at_once_are_serialized_and_both_converge(fresh_lab: Lab, inven
     results: dict[str, Any] = {}
 
     def run(host: str) -> None:
-        results[host] = scale_up(new_nodes=[{"host": host}], inventory=str(inventory), return_state=True)
+        results[host] = scale_up(new_nodes=[{"host": host}], inventory=str(inventory), return_state=True,
+                                 require_approval=False)
 
     threads = [threading.Thread(target=contextvars.copy_context().run, args=(run, host))
                for host in (SPARE1, "127.100.0.15")]
@@ -261,7 +263,7 @@ def test_flow_process_killed_mid_run_then_rerun_converges(fresh_lab: Lab, invent
     import sys
 
     code = ("import sys; from flows.scale_up import scale_up; "
-            "scale_up(new_nodes=[{'host': sys.argv[1]}], inventory=sys.argv[2])")
+            "scale_up(new_nodes=[{'host': sys.argv[1]}], inventory=sys.argv[2], require_approval=False)")
     repo = Path(__file__).resolve().parent.parent.parent
     proc = subprocess.Popen([sys.executable, "-c", code, SPARE1, str(inventory)], cwd=repo, env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=(tmp_path / "killed.log").open("w"))
@@ -272,7 +274,8 @@ def test_flow_process_killed_mid_run_then_rerun_converges(fresh_lab: Lab, invent
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     _release_cluster_lock("lab")   # the operator's step: the dead run's slot would otherwise stay leased (300 s)
-    rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), verify_deadline_s=60)
+    rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), verify_deadline_s=60,
+                     require_approval=False)
     assert rerun.voters_after == [1, 2, 3, 4]
     assert assert_consistent(fresh_lab, inventory) == {1, 2, 3, 4}
 
@@ -331,7 +334,7 @@ def test_ssh_drop_during_a_config_write_leaves_old_or_new_and_the_rerun_complete
         return DroppingSftp(sftp, self) if self.host == target and not dropped else sftp
 
     monkeypatch.setattr(ParamikoRemote, "_sftp_client", sftp_client)
-    state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), return_state=True)
+    state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), return_state=True, require_approval=False)
     assert dropped == [target], "the fault was not injected"
     assert state.is_failed(), state
     assert target in str(state.message), state.message
@@ -342,7 +345,7 @@ def test_ssh_drop_during_a_config_write_leaves_old_or_new_and_the_rerun_complete
     leftovers = fresh_lab.root_exec(name, ["sh", "-c", "ls /etc/databend | grep -c tmp- || true"]).stdout.strip()
     assert leftovers == "0", "a staged temp file was left in /etc/databend"
     monkeypatch.undo()
-    rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory))
+    rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), require_approval=False)
     assert rerun.voters_after == [1, 2, 3, 4]
     assert assert_consistent(fresh_lab, inventory) == {1, 2, 3, 4}
 
@@ -354,7 +357,7 @@ def test_a_voter_dying_after_the_plan_stops_the_run_before_the_leave(fresh_lab: 
     before = snapshot(fresh_lab)
     wrap_task(monkeypatch, "check_quorum_before_leave", lambda: fresh_lab.crash("meta2"))
     state = scale_down(node_ids=[3], inventory=str(inventory), leave_timeout_s=30, accept_no_fault_tolerance=True,
-                       return_state=True)
+                       return_state=True, require_approval=False)
     message = str(state.message)
     assert state.is_failed(), state
     assert "the cluster changed since the plan" in message and "below the quorum of 2" in message, message

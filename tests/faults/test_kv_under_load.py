@@ -116,12 +116,12 @@ def test_no_acknowledged_write_is_lost_during_scale_up_and_leader_scale_down(fre
     try:
         _wait_for_progress(lab, 20)
         up_start = time.time()
-        up = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory))
+        up = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), require_approval=False)
         up_end = time.time()
         assert up.voters_after == [1, 2, 3, 4]
         _, leader = voters_and_leader(lab, ["meta1", "meta2", "meta3", "spare1"])
         down_start = time.time()
-        down = scale_down(node_ids=[leader], inventory=str(inventory))
+        down = scale_down(node_ids=[leader], inventory=str(inventory), require_approval=False)
         down_end = time.time()
         assert down.voters_after == sorted({1, 2, 3, 4} - {leader})
         assert any("transfer_leadership" in step for step in down.changed_steps), down.changed_steps

@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 SPARE1 = "127.100.0.14"
 OUTAGE_S = 30.0
 SCALE_UP = ("import sys; from flows.scale_up import scale_up; "
-            "s = scale_up(new_nodes=[{'host': sys.argv[1]}], inventory=sys.argv[2], return_state=True); "
+            "s = scale_up(new_nodes=[{'host': sys.argv[1]}], inventory=sys.argv[2], return_state=True, "
+            "require_approval=False); "
             "print('STATE', s.type.value, s.message); sys.exit(0 if s.is_completed() else 1)")
 CLUSTER_CHECK = ("import sys; from flows.cluster_check import cluster_check; "
                  "s = cluster_check(inventory=sys.argv[1], return_state=True); "

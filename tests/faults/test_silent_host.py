@@ -69,7 +69,7 @@ def test_query_host_cut_mid_step_fails_within_its_deadline_releases_the_lock_and
     query1_before = read_config(fresh_lab, "query1")
     try:
         state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), verify_deadline_s=30,
-                         return_state=True)
+                         return_state=True, require_approval=False)
         message = str(state.message)
         assert state.is_failed(), state
         assert step_seconds[QUERY1] < COMMAND_TIMEOUT_S + SLACK_S, step_seconds
@@ -82,6 +82,7 @@ def test_query_host_cut_mid_step_fails_within_its_deadline_releases_the_lock_and
         fresh_lab.heal("query1")
     monkeypatch.undo()
     poll(lambda: _answers_ssh(fresh_lab, "query1"), "query1 answering SSH again")
-    rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), verify_deadline_s=30)
+    rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), verify_deadline_s=30,
+                     require_approval=False)
     assert rerun.voters_after == [1, 2, 3, 4], rerun
     assert assert_consistent(fresh_lab, inventory) == {1, 2, 3, 4}   # inventory, join and endpoints included

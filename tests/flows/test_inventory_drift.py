@@ -48,7 +48,7 @@ def test_a_stale_inventory_is_named_as_drift_synced_and_a_half_added_node_remove
     assert "DRIFT: meta-3 (127.100.0.13:28004) is a voter of cluster lab but missing from the inventory" in status.stdout
     assert f"metascale sync-inventory --inventory {path}" in status.stdout and "NOT HEALTHY" not in status.stderr
 
-    refused = scale_down(node_ids=[2], inventory=str(path), dry_run=True, return_state=True)
+    refused = scale_down(node_ids=[2], inventory=str(path), dry_run=True, return_state=True, require_approval=False)
     message = str(refused.message)
     assert refused.is_failed() and "meta-3" in message and "missing from the inventory" in message
     assert "sync-inventory" in message and "force" not in message and "dead" not in message
@@ -60,16 +60,16 @@ def test_a_stale_inventory_is_named_as_drift_synced_and_a_half_added_node_remove
     assert dry.returncode == ExitCode.OK, dry.stderr
     assert "+id = 3" in dry.stdout and '+host = "127.100.0.13"' in dry.stdout and path.read_text() == stale
 
-    synced = sync_inventory(inventory=str(path))
+    synced = sync_inventory(inventory=str(path), require_approval=False)
     assert synced.changed and load_inventory(path).meta_ids == [1, 2, 3]
-    assert not sync_inventory(inventory=str(path)).changed  # the second sync records nothing
+    assert not sync_inventory(inventory=str(path), require_approval=False).changed  # the second sync records nothing
 
     path.write_text(stale)  # meta-3 is now a member the inventory never listed, as after a failed scale-up
-    removed = scale_down(node_ids=[3], inventory=str(path), accept_no_fault_tolerance=True)
+    removed = scale_down(node_ids=[3], inventory=str(path), accept_no_fault_tolerance=True, require_approval=False)
     assert removed.changed and _voters(fresh_lab, "meta1") == {1, 2}
     after = load_inventory(path)
     assert after.meta_ids == [1, 2] and after.removed_node(3) is not None and after.next_free_id() == 4
     assert fresh_lab.root_exec("meta3", ["systemctl", "is-active", "databend-meta"], check=False).stdout.strip() \
         == "inactive"
-    again = sync_inventory(inventory=str(path), dry_run=True)
+    again = sync_inventory(inventory=str(path), dry_run=True, require_approval=False)
     assert not again.changed and "nothing to do" in again.message

@@ -65,7 +65,7 @@ def test_scale_up_refuses_a_new_host_that_is_a_one_node_cluster_of_its_own(fresh
     config_before, dirs_before = fresh_lab.root_exec("spare1", ["cat", META_TOML]).stdout, _raft_dirs(fresh_lab,
                                                                                                       "spare1")
     started = time.monotonic()
-    state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), return_state=True)
+    state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), return_state=True, require_approval=False)
     elapsed = time.monotonic() - started
     assert state.is_failed() and elapsed < 10, (state.message, elapsed)
     message = str(state.result(raise_on_failure=False))
@@ -79,7 +79,8 @@ def test_scale_up_refuses_a_new_host_that_is_a_one_node_cluster_of_its_own(fresh
 
 def test_reset_new_node_moves_the_raft_dir_aside_and_joins(fresh_lab: Lab, inventory: Path) -> None:
     _start_spare_once_with_the_packaged_config(fresh_lab)
-    outcome = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), reset_new_node=True)
+    outcome = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), reset_new_node=True,
+                       require_approval=False)
     assert outcome.voters_after == [1, 2, 3, 4]
     assert "one-node cluster of its own" in outcome.plan_markdown
     assert any(s.startswith("reset_new_node_raft_dir") for s in outcome.changed_steps)
@@ -104,7 +105,7 @@ def test_undo_after_a_failed_join_keeps_the_service_that_ran_before(fresh_lab: L
     monkeypatch.setattr(runbook, "verify_node_joined", never_joins)
     monkeypatch.setattr(runbook, "read_cluster_status", _without_spare(runbook.read_cluster_status))
     state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), reset_new_node=True,
-                     return_state=True)
+                     return_state=True, require_approval=False)
     assert state.is_failed()
     message = str(state.message)
     assert "failed at step 'verify meta-4 joined'" in message, message
@@ -144,7 +145,7 @@ def test_a_new_voter_counts_as_joined_only_once_caught_up(fresh_lab: Lab, invent
         return status
 
     monkeypatch.setattr(runbook, "verify_node_joined", recording)
-    outcome = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory))
+    outcome = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), require_approval=False)
     assert outcome.voters_after == [1, 2, 3, 4]
     assert "counts as a voter as soon as it joins; metascale waits until it has caught up" in outcome.plan_markdown
     (joined,) = seen
@@ -170,7 +171,8 @@ def test_restart_query_nodes_restarts_them_one_at_a_time_with_the_new_endpoints(
                                                                                  inventory: Path) -> None:
     before = {q: _query_state(fresh_lab, q) for q in ("query1", "query2")}
     assert all(f"{SPARE1}:9191" not in json.dumps(s["meta"]) for s in before.values())
-    outcome = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), restart_query_nodes=True)
+    outcome = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), restart_query_nodes=True,
+                       require_approval=False)
     assert outcome.voters_after == [1, 2, 3, 4]
     assert "restarted by this run after its endpoints are written" in outcome.plan_markdown
     assert [s.split(" on ")[1].split(":")[0] for s in outcome.changed_steps

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tests.flows.test_scale_flows import SPARE1, _snapshot, _voters
 
 pytestmark = [pytest.mark.lab, pytest.mark.prefect]
 REPO = Path(__file__).resolve().parent.parent.parent
+RUN_LINK = re.compile(r"run: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}")
 
 
 @pytest.fixture
@@ -71,7 +73,7 @@ def test_malformed_config_on_a_host_is_refused_before_any_change(fresh_lab: Lab,
     fresh_lab.root_exec("query2", ["sh", "-c", "echo '[meta' >> /etc/databend/databend-query.toml"])
     fresh_lab.root_exec("meta2", ["sh", "-c", "sed -i 's/^\\[raft_config\\]/[raft]/' /etc/databend/databend-meta.toml"])
     before = _snapshot(fresh_lab)
-    down = scale_down(node_ids=[3], inventory=str(inventory), return_state=True)
+    down = scale_down(node_ids=[3], inventory=str(inventory), return_state=True, require_approval=False)
     assert down.is_failed() and "cannot edit config" in str(down.message)
     assert _snapshot(fresh_lab) == before
 
@@ -88,7 +90,7 @@ def test_failure_before_the_join_is_undone(fresh_lab: Lab, inventory: Path, monk
 
     spare_before = fresh_lab.root_exec("spare1", ["cat", "/etc/databend/databend-meta.toml"]).stdout
     monkeypatch.setattr(runbook, "start_meta_service", broken)
-    state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), return_state=True)
+    state = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), return_state=True, require_approval=False)
     assert state.is_failed()
     message = str(state.message)
     assert "failed at step 'start meta-4'" in message and "restored 127.100.0.14:/etc/databend" in message
@@ -116,6 +118,7 @@ def test_cli_status_scale_up_dry_run_and_refusal(fresh_lab: Lab, inventory: Path
     dry = _cli("scale-up", "--inventory", str(inventory), "--host", SPARE1, "--dry-run")
     assert dry.returncode == ExitCode.OK, dry.stderr
     assert "# Plan: scale-up on cluster `lab`" in dry.stdout and "dry run: nothing was changed" in dry.stdout
+    assert RUN_LINK.search(dry.stdout.splitlines()[-1]), dry.stdout[-300:]  # the run's page, last
 
     replace = _cli("replace", "--inventory", str(inventory), "--id", "2", "--dry-run")  # issue #12: the CLI
     assert replace.returncode == ExitCode.OK, replace.stderr
@@ -124,6 +127,11 @@ def test_cli_status_scale_up_dry_run_and_refusal(fresh_lab: Lab, inventory: Path
 
     refused = _cli("scale-down", "--inventory", str(inventory), "--id", "1", "--id", "2", "--id", "3")
     assert refused.returncode == ExitCode.REFUSED and "last voter" in refused.stderr
+    # issue #11: the one-line reason, then the run's link; no traceback (the engine used to log one per refusal)
+    reason, link = refused.stderr.rstrip("\n").splitlines()[-2:]
+    assert reason.startswith("Refused: refusing scale-down: ") and "last voter" in reason, refused.stderr[-500:]
+    assert RUN_LINK.fullmatch(link), link
+    assert "Traceback" not in refused.stdout + refused.stderr, refused.stderr
 
     done = _cli("scale-down", "--inventory", str(inventory), "--id", "3", "--accept-no-fault-tolerance")
     assert done.returncode == ExitCode.OK, done.stderr
@@ -145,7 +153,7 @@ def test_scale_down_through_a_cluster_block_with_the_key_in_a_secret(fresh_lab: 
     save_key_secret("h4-lab-key", fresh_lab.key_file)
     save_cluster_block("h4-lab", Inventory.model_validate(data))
 
-    outcome = scale_down(node_ids=[3], cluster_block="h4-lab", accept_no_fault_tolerance=True)
+    outcome = scale_down(node_ids=[3], cluster_block="h4-lab", accept_no_fault_tolerance=True, require_approval=False)
     assert outcome.voters_after == [1, 2] and _voters(fresh_lab, "meta1") == {1, 2}
     recorded, key_text = load_cluster(cluster_block="h4-lab")
     assert recorded.meta_ids == [1, 2] and key_text is not None

@@ -101,20 +101,20 @@ def _timed(fn: Callable[..., Any], **kwargs: Any) -> tuple[Any, float]:
 
 
 def test_scale_3_4_5_4_3_including_the_leader(fresh_lab: Lab, inventory: Path) -> None:
-    up1, up_s = _timed(scale_up, new_nodes=[{"host": SPARE1}], inventory=str(inventory))
+    up1, up_s = _timed(scale_up, new_nodes=[{"host": SPARE1}], inventory=str(inventory), require_approval=False)
     assert up1.changed and up1.voters_after == [1, 2, 3, 4]
     assert _voters(fresh_lab, "spare1") == {1, 2, 3, 4}
     assert "| quorum size | 2 | 3 |" in _plan_artifact()
     assert f"{SPARE1}:9191" in _endpoints(fresh_lab) and load_inventory(inventory).meta_ids == [1, 2, 3, 4]
 
-    again = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory))
+    again = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), require_approval=False)
     assert not again.changed and "nothing to do" in again.message
 
-    up2 = scale_up(new_nodes=[{"host": SPARE2}], inventory=str(inventory))
+    up2 = scale_up(new_nodes=[{"host": SPARE2}], inventory=str(inventory), require_approval=False)
     assert up2.voters_after == [1, 2, 3, 4, 5] and _voters(fresh_lab, "meta2") == {1, 2, 3, 4, 5}
 
     leader = _leader(fresh_lab, ["meta1", "meta2", "meta3", "spare1", "spare2"])
-    down1, down_s = _timed(scale_down, node_ids=[leader], inventory=str(inventory))
+    down1, down_s = _timed(scale_down, node_ids=[leader], inventory=str(inventory), require_approval=False)
     assert down1.voters_after == sorted({1, 2, 3, 4, 5} - {leader})
     assert "move leadership" in _plan_artifact()
     left = {1: "meta1", 2: "meta2", 3: "meta3", 4: "spare1", 5: "spare2"}[leader]
@@ -124,9 +124,9 @@ def test_scale_3_4_5_4_3_including_the_leader(fresh_lab: Lab, inventory: Path) -
         != "active"
     _assert_cannot_rejoin(fresh_lab, left, leader, watcher="meta1" if left != "meta1" else "meta2")
 
-    down2 = scale_down(node_ids=[5 if leader != 5 else 4], inventory=str(inventory))
+    down2 = scale_down(node_ids=[5 if leader != 5 else 4], inventory=str(inventory), require_approval=False)
     assert len(down2.voters_after) == 3
-    rerun = scale_down(node_ids=[5 if leader != 5 else 4], inventory=str(inventory))
+    rerun = scale_down(node_ids=[5 if leader != 5 else 4], inventory=str(inventory), require_approval=False)
     assert not rerun.changed and "nothing to remove" in rerun.plan_markdown
     remaining = load_inventory(inventory)
     assert remaining.meta_ids == down2.voters_after
@@ -145,8 +145,8 @@ def test_dry_runs_change_nothing(fresh_lab: Lab, inventory: Path) -> None:
     started = datetime.now(timezone.utc)
     before = _snapshot(fresh_lab)
     inventory_text = inventory.read_text()
-    up = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), dry_run=True)
-    down = scale_down(node_ids=[1], inventory=str(inventory), dry_run=True)
+    up = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), dry_run=True, require_approval=False)
+    down = scale_down(node_ids=[1], inventory=str(inventory), dry_run=True, require_approval=False)
     assert up.dry_run and not up.changed and down.dry_run and not down.changed
     assert "transfer" not in down.message
     assert _snapshot(fresh_lab) == before and inventory.read_text() == inventory_text
@@ -164,7 +164,7 @@ def test_dry_runs_change_nothing(fresh_lab: Lab, inventory: Path) -> None:
 def test_refuses_a_removal_that_would_lose_quorum_and_changes_nothing(fresh_lab: Lab, inventory: Path) -> None:
     fresh_lab.crash("meta3")
     before = _snapshot(fresh_lab)
-    state = scale_down(node_ids=[2], inventory=str(inventory), return_state=True)
+    state = scale_down(node_ids=[2], inventory=str(inventory), return_state=True, require_approval=False)
     assert state.is_failed()
     message = str(state.message)
     assert "below the quorum of 2" in message and "remove the dead node meta-3 first" in message
@@ -176,10 +176,10 @@ def test_force_removes_a_dead_node_through_the_live_ones(fresh_lab: Lab, invento
     text = inventory.read_text()
     assert "connect_timeout_s = 3" in text  # the lab's: a dead host costs 3 s per try
     fresh_lab.stop_host("meta3")
-    refused = scale_down(node_ids=[3], inventory=str(inventory), return_state=True)
+    refused = scale_down(node_ids=[3], inventory=str(inventory), return_state=True, require_approval=False)
     assert refused.is_failed() and "force=True" in str(refused.message)
     outcome = scale_down(node_ids=[3], inventory=str(inventory), force=True, verify_deadline_s=30,
-                         accept_no_fault_tolerance=True)
+                         accept_no_fault_tolerance=True, require_approval=False)
     assert outcome.voters_after == [1, 2] and outcome.skipped_steps
     assert "host dead" in outcome.message
     assert _voters(fresh_lab, "meta1") == {1, 2} and load_inventory(inventory).meta_ids == [1, 2]
@@ -198,7 +198,7 @@ def test_failure_mid_run_then_rerun_converges(fresh_lab: Lab, inventory: Path,
         raise RemoteCommandError(query.host, "injected failure", 1, "disk full (injected by the test)")
 
     monkeypatch.setattr(runbook, "update_query_meta_endpoints", broken)
-    failed = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), return_state=True)
+    failed = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), return_state=True, require_approval=False)
     assert failed.is_failed()
     message = str(failed.message)
     assert "failed at step 'update query meta endpoints'" in message and "rerun the same flow" in message
@@ -207,11 +207,11 @@ def test_failure_mid_run_then_rerun_converges(fresh_lab: Lab, inventory: Path,
     assert f"{SPARE1}:9191" not in _endpoints(fresh_lab)
 
     monkeypatch.undo()
-    rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory))
+    rerun = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), require_approval=False)
     assert rerun.voters_after == [1, 2, 3, 4] and rerun.changed
     assert not any(s.startswith("start_meta_service") for s in rerun.changed_steps)
     assert f"{SPARE1}:9191" in _endpoints(fresh_lab) and load_inventory(inventory).meta_ids == [1, 2, 3, 4]
-    third = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory))
+    third = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), require_approval=False)
     assert not third.changed
 
 
@@ -263,12 +263,15 @@ def test_approval_gate(fresh_lab: Lab, inventory: Path, approve: bool) -> None:
         assert state.is_completed() and _voters(fresh_lab, "meta1") == {1, 2}
     else:
         assert state.is_failed() and "rejected by operator: test says so" in str(state.message)
+        assert state.name == "Refused", state                       # D1: a refusal, not a breakage
         assert _snapshot(fresh_lab) == before
 
 
 def test_two_runs_on_one_cluster_are_serialized(fresh_lab: Lab, inventory: Path) -> None:
-    first, box1 = _run_in_thread(scale_up, new_nodes=[{"host": SPARE1}], inventory=str(inventory))
-    second, box2 = _run_in_thread(scale_up, new_nodes=[{"host": SPARE2}], inventory=str(inventory))
+    first, box1 = _run_in_thread(scale_up, new_nodes=[{"host": SPARE1}], inventory=str(inventory),
+                                   require_approval=False)
+    second, box2 = _run_in_thread(scale_up, new_nodes=[{"host": SPARE2}], inventory=str(inventory),
+                                    require_approval=False)
     first.join(180)
     second.join(180)
     assert box1["state"].is_completed() and box2["state"].is_completed()
@@ -285,18 +288,18 @@ def test_approval_timeout_fails_cleanly_with_nothing_changed(fresh_lab: Lab, inv
     state = scale_down(node_ids=[3], inventory=str(inventory), require_approval=True, approval_timeout_s=2,
                        accept_no_fault_tolerance=True,
                        return_state=True)
-    # Either the flow's PlanRefused ends the run, or Prefect's own pause timeout got there first ("never resumed")
+    # a refusal (D1): FAILED-type, named Refused, our reason (not the server's "paused and never resumed")
     message = str(state.message)
-    assert state.is_failed()
-    assert "no approval within 2 s; nothing was changed" in message or "never resumed" in message
+    assert state.is_failed() and state.name == "Refused", state
+    assert "no approval within 2 s; nothing was changed" in message, message
     assert _snapshot(fresh_lab) == before
 
 
 def test_two_nodes_in_one_run_are_added_and_removed_one_at_a_time(fresh_lab: Lab, inventory: Path) -> None:
-    up = scale_up(new_nodes=[{"host": SPARE1}, {"host": SPARE2}], inventory=str(inventory))
+    up = scale_up(new_nodes=[{"host": SPARE1}, {"host": SPARE2}], inventory=str(inventory), require_approval=False)
     assert up.voters_after == [1, 2, 3, 4, 5] and _voters(fresh_lab, "spare2") == {1, 2, 3, 4, 5}
     joins = [s for s in up.changed_steps if s.startswith("write_new_node_config")]
     assert len(joins) == 2 and "127.100.0.14:28004" in joins[1]     # the second joined through the first as well
-    down = scale_down(node_ids=[4, 5], inventory=str(inventory))
+    down = scale_down(node_ids=[4, 5], inventory=str(inventory), require_approval=False)
     assert down.voters_after == [1, 2, 3] and _voters(fresh_lab, "meta1") == {1, 2, 3}
     assert load_inventory(inventory).meta_ids == [1, 2, 3]

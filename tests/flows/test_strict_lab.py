@@ -56,7 +56,7 @@ def test_runbook_happy_paths_on_strict_lab(fresh_lab: Lab, inventory: Path) -> N
     secret = fresh_lab.raft_secret
     spare = fresh_lab.host("spare1").ip
 
-    up = scale_up(new_nodes=[{"host": spare}], inventory=str(inventory))
+    up = scale_up(new_nodes=[{"host": spare}], inventory=str(inventory), require_approval=False)
     assert up.changed and up.voters_after == [1, 2, 3, 4]
     for name in NAMES.values():
         _assert_strict_and_own_ip(fresh_lab, name, secret)
@@ -67,7 +67,7 @@ def test_runbook_happy_paths_on_strict_lab(fresh_lab: Lab, inventory: Path) -> N
     assert f"{spare}:9191" in fresh_lab.root_exec("query1", ["cat", QUERY_TOML]).stdout
 
     leader = next(i for i, n in NAMES.items() if n == leader_name)
-    down = scale_down(node_ids=[leader], inventory=str(inventory))
+    down = scale_down(node_ids=[leader], inventory=str(inventory), require_approval=False)
     remaining = sorted(set(NAMES) - {leader})
     assert down.changed and down.voters_after == remaining
     for node_id in remaining:
@@ -96,7 +96,8 @@ def test_scale_up_refuses_an_old_databend_meta_on_the_new_host_before_planning(f
                                                                                inventory: Path) -> None:
     fresh_lab.install_version("spare1", "1.2.600")
     spare = fresh_lab.host("spare1").ip
-    state = scale_up(new_nodes=[{"host": spare}], inventory=str(inventory), dry_run=True, return_state=True)
+    state = scale_up(new_nodes=[{"host": spare}], inventory=str(inventory), dry_run=True, return_state=True,
+                     require_approval=False)
     assert state.is_failed()
     assert re.search(rf"databend-meta 1\.2\.600\S* on {re.escape(spare)} is older than 1\.2\.612, the oldest "
                      "metascale supports", str(state.message)), state.message

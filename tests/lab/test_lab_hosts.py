@@ -268,16 +268,24 @@ def test_reset_restores_the_baseline_cluster(lab: Lab) -> None:
 
 
 def test_reset_leaves_a_baseline_lab_alone_and_notices_any_change(fresh_lab: Lab) -> None:
-    def main_pid(host: str) -> str:
-        return ssh_ok(fresh_lab, host, "systemctl show -p MainPID --value databend-meta")
+    def main_pid(host: str, unit: str = "databend-meta") -> str:
+        return ssh_ok(fresh_lab, host, f"systemctl show -p MainPID --value {unit}")
 
-    before = main_pid("meta1")
+    before, query_before = main_pid("meta1"), main_pid("query1", "databend-query")
     fresh_lab.reset()
     assert main_pid("meta1") == before, "reset restarted a cluster that was already at baseline"
     ssh_ok(fresh_lab, "query1", "sudo -n touch /etc/databend/databend-query.toml.bak")
     fresh_lab.reset()
-    assert main_pid("meta1") != before, "reset missed a stray backup file on query1"
+    # only query1 changed: reset puts query1 back (databend-query restarted) and leaves the meta cluster alone
+    assert main_pid("query1", "databend-query") not in (query_before, "0"), "reset missed a stray backup file on query1"
     assert ssh_ok(fresh_lab, "query1", "ls /etc/databend") == "databend-query.toml"
+    assert ssh_ok(fresh_lab, "query1", "systemctl is-active databend-query; systemctl is-enabled databend-query") \
+        == "active\nenabled"
+    assert main_pid("meta1") == before, "a change on a query host re-formed the meta cluster"
+    ssh_ok(fresh_lab, "meta3", "sudo -n touch /etc/databend/databend-meta.toml.bak")
+    fresh_lab.reset()
+    assert main_pid("meta1") != before, "reset missed a stray backup file on meta3"
+    assert ssh_ok(fresh_lab, "meta3", "ls /etc/databend") == "databend-meta.toml"
 
 
 # ---------------------------------------------------------------- refusals and teardown

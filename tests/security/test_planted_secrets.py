@@ -57,15 +57,16 @@ def planted_runs(lab: Lab, prefect_server: str, tmp_path_factory: pytest.TempPat
     inventory.write_text(lab.inventory.read_text())
     spare1, spare2 = lab.host("spare1").ip, lab.host("spare2").ip
     states = [
-        scale_up(new_nodes=[{"host": spare1}], inventory=str(inventory), dry_run=True, return_state=True),
-        scale_up(new_nodes=[{"host": spare1}], inventory=str(inventory), return_state=True),
+        scale_up(new_nodes=[{"host": spare1}], inventory=str(inventory), dry_run=True, return_state=True,
+                 require_approval=False),
+        scale_up(new_nodes=[{"host": spare1}], inventory=str(inventory), return_state=True, require_approval=False),
     ]
     cli = [_cli("scale-down", "--inventory", str(inventory), "--id", "4", "--dry-run"),
            _cli("scale-down", "--inventory", str(inventory), "--id", "1", "--id", "2", "--id", "3", "--id", "4"),
            _cli("status", "--inventory", str(inventory))]
     # fails after changing the cluster: a new voter needs ~1.5 s to catch up -> diagnostics are collected
     states.append(scale_up(new_nodes=[{"host": spare2}], inventory=str(inventory), verify_deadline_s=0.05,
-                           return_state=True))
+                           return_state=True, require_approval=False))
     yield {"states": states, "cli": cli, "secrets": (lab.raft_secret, password)}
     lab.reset()
 

@@ -65,10 +65,10 @@ def secured_runs(lab: Lab, prefect_server: str, tmp_path_factory: pytest.TempPat
 
     ParamikoRemote.build_command = recording  # type: ignore[method-assign]
     try:
-        up = scale_up(new_nodes=[{"host": SPARE1}], cluster_block=BLOCK, return_state=True)
+        up = scale_up(new_nodes=[{"host": SPARE1}], cluster_block=BLOCK, return_state=True, require_approval=False)
         _, leader = voters_and_leader(lab, ["meta1", "meta2", "meta3", "spare1"])
-        down = scale_down(node_ids=[leader], cluster_block=BLOCK, return_state=True)
-        failed = scale_down(node_ids=[1, 2, 3, 4], cluster_block=BLOCK, return_state=True)
+        down = scale_down(node_ids=[leader], cluster_block=BLOCK, return_state=True, require_approval=False)
+        failed = scale_down(node_ids=[1, 2, 3, 4], cluster_block=BLOCK, return_state=True, require_approval=False)
     finally:
         ParamikoRemote.build_command = original  # type: ignore[method-assign]
     yield {"states": [up, down, failed], "commands": commands, "key": key_file.read_text(), "leader": leader,
@@ -206,7 +206,7 @@ def test_host_key_not_matching_is_refused_and_nothing_changes(fresh_lab: Lab, tm
     target = "127.100.0.13"
     inventory = _inventory_with_bad_key(fresh_lab, tmp_path, change, target)
     before = snapshot(fresh_lab)
-    state = scale_down(node_ids=[3], inventory=str(inventory), return_state=True)
+    state = scale_down(node_ids=[3], inventory=str(inventory), return_state=True, require_approval=False)
     assert state.is_failed(), state
     assert target in str(state.message), state.message
     check = cluster_check(inventory=str(inventory), return_state=True)
@@ -221,7 +221,7 @@ def test_refusal_for_a_bad_host_key_says_so_and_never_suggests_force(fresh_lab: 
     must not advise force=True (which would remove a live node without stopping it)."""
     target = "127.100.0.13"
     inventory = _inventory_with_bad_key(fresh_lab, tmp_path, change, target)
-    state = scale_down(node_ids=[3], inventory=str(inventory), return_state=True)
+    state = scale_down(node_ids=[3], inventory=str(inventory), return_state=True, require_approval=False)
     message = str(state.message)
     assert state.is_failed(), state
     assert "host key" in message and "force=True" not in message, message
