@@ -446,7 +446,7 @@ def serve_settings() -> str:
 
 def api_part(lab: Any, probe: Probe, rounds: int, work: Path) -> dict[str, Any]:
     """The trigger-to-first-step rounds (bench/api_trigger.py) on the bench's lab and server, a fresh interpreter's
-    imports, then the CLI dry run against the same server. Returns {"rounds", "cold_import", "cli" (or None)}."""
+    imports, then the CLI dry run against the same server. Returns {"rounds", "cold_import", "cli"}."""
     from bench.api_trigger import api_rounds, cold_import, measure_cli
     from flows.scale_up import scale_up
 

@@ -327,6 +327,26 @@ def exit_code_for(state: Any, error: object) -> ExitCode:
     return ExitCode.FAILED
 
 
+def stop_heartbeats_without_waiting() -> bool:
+    """Make this process's flow runs stop their heartbeat thread at the end without joining it. Prefect's sync
+    engine joins it, and the thread sleeps in 1 s steps, so each run's end waited up to 1 s (0.5-0.9 s measured)
+    after the flow had returned; Prefect's async engine does not join it either. Only for the command: its process
+    ends right after the run (``_flush_prefect_and_exit``). Heartbeats themselves are unchanged. Returns False when
+    this Prefect has no such hook (a private name: the runs then just end as before)."""
+    import functools
+
+    import prefect.flow_engine as engine
+
+    send = getattr(engine, "_send_heartbeats", None)
+    if send is None or getattr(send, "func", None) is not None:
+        return send is not None
+    try:
+        engine._send_heartbeats = functools.partial(send, join_on_exit=False)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a speed-up, never a reason to fail
+        return False
+    return True
+
+
 def _run_flow(flow: object, *, verbose: bool = False, send_logs_first: bool = False,
               **parameters: object) -> ExitCode:
     """Run ``flow`` in this process; print its outcome, or its one-line reason; then the run's link; map the
@@ -401,6 +421,8 @@ def _run(args: argparse.Namespace, as_command: bool = False) -> ExitCode:
     if args.command == "status":
         return cmd_status(args.inventory or "", args.cluster_block or "", as_json=args.json)
     flow, parameters = _flow_call(args)  # imports Prefect (its console logging is set up on import)
+    if as_command:
+        stop_heartbeats_without_waiting()
     if args.verbose:
         return _run_flow(flow, verbose=True, send_logs_first=as_command, **parameters)
     with console_without_tracebacks():

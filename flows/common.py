@@ -39,7 +39,9 @@ from flows.cluster_lock import (  # noqa: F401  (lock_name, ensure_cluster_limit
     GuardedProgress,
     ensure_cluster_limit,
     interrupted_change_reason,
+    lock_is_held,
     lock_name,
+    read_holder,
 )
 from flows import audit
 from tasks import runbook as rb
@@ -211,6 +213,33 @@ def note_interrupted_change(plan: ScalePlan, lock: ClusterLock) -> ScalePlan:
     return plan.model_copy(update={"notes": (reason, *plan.notes)})
 
 
+def note_other_change(plan: ScalePlan, cluster: str) -> ScalePlan:
+    """For a plan made without the lock (a dry run): ``plan`` with a note first when another run is changing the
+    cluster right now (the plan may be out of date when it ends) or the last change did not finish."""
+    holder = read_holder(cluster)
+    held = lock_is_held(cluster)
+    reason = interrupted_change_reason(holder, lock_held=held)
+    if reason is None and holder is not None and held:
+        reason = (f"another change is running on this cluster: {holder.describe()}; this plan may be out of date "
+                  f"when it ends: plan again then")
+    if reason is None:
+        return plan
+    get_run_logger().warning("%s", reason)
+    return plan.model_copy(update={"notes": (reason, *plan.notes)})
+
+
+def plan_only(action: str, cluster: Inventory, make_plan: MakePlan) -> ScaleOutcome:
+    """A dry run: read the cluster, plan, publish the plan, change nothing. It takes no cluster lock: it changes
+    nothing, so it neither waits behind a running change nor makes one wait (and costs the command no lock round
+    trips); the plan says when another change is running."""
+    plan, _, _ = make_plan(cluster)
+    plan = note_other_change(plan, cluster.name)
+    publish_plan(plan)
+    refusal = plan.fault_tolerance_refusal()
+    return ScaleOutcome.planned(plan, "dry run: nothing was changed"
+                                + (f"; a real run would be refused: {refusal}" if refusal else ""), dry_run=True)
+
+
 def publish_plan(plan: ScalePlan | Any, action: str = "") -> str:
     """Publish the plan (a ScalePlan, or sync-inventory's SyncPlan with ``action``) as the markdown artifact
     ``plan-<cluster>``, note it in the run's ChangeRecord and emit `metascale.plan.published`; return the markdown."""
@@ -372,8 +401,8 @@ Undo = Callable[[Inventory, ScalePlan, "rb.Progress"], None]
 def run_change(action: str, make_plan: MakePlan, apply: Apply, *, inventory: str, cluster_block: str, dry_run: bool,
                require_approval: bool, approval_timeout_s: int, maintenance_window: str, override_window: bool,
                undo: Undo | None = None) -> ScaleOutcome:
-    """The shape every change-making flow shares, in order: the cluster's SSH pool and lock; the inventory read
-    again under the lock; ``make_plan`` (read-only); the plan published; dry run / nothing to do; fault tolerance and
+    """The shape every change-making flow shares, in order: a dry run only plans (``plan_only``, no lock); else the
+    cluster's SSH pool and lock; the inventory read again under the lock; ``make_plan`` (read-only); the plan published; dry run / nothing to do; fault tolerance and
     the maintenance window; the approval gate (plan made again and compared); then ``apply`` under the change guard,
     and on failure ``undo`` (what the cluster never took) and the diagnostics; the before/after status table.
 
@@ -384,16 +413,14 @@ def run_change(action: str, make_plan: MakePlan, apply: Apply, *, inventory: str
     tag_flow_run(cluster.name)
     record = current_change()
     record.cluster = cluster.name
+    if dry_run:
+        with run_pool(cluster, key_text):
+            return plan_only(action, cluster, make_plan)
     with run_pool(cluster, key_text), cluster_lock(cluster.name, action) as lock:
         cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
         plan, before, query_facts = make_plan(cluster)
         plan = note_interrupted_change(plan, lock)  # the last change on this cluster did not finish
         publish_plan(plan)
-        if dry_run:
-            refusal = plan.fault_tolerance_refusal()
-            return ScaleOutcome.planned(plan, "dry run: nothing was changed"
-                                        + (f"; a real run would be refused: {refusal}" if refusal else ""),
-                                        dry_run=True)
         if plan.nothing_to_do:
             return ScaleOutcome.planned(plan, plan.summary(), dry_run=False)
         refuse_without_fault_tolerance(action, plan)

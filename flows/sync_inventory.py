@@ -8,6 +8,7 @@ the cluster after the approval (a different plan is refused), and records the ne
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
@@ -95,7 +96,8 @@ def sync_inventory(
     tag_flow_run(cluster.name)
     source = inventory or f"block {cluster_block}"
     removed_at = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    with run_pool(cluster, key_text), cluster_lock(cluster.name):
+    # a dry run records nothing, so it takes no lock (it neither waits behind a change nor makes one wait)
+    with run_pool(cluster, key_text), (nullcontext() if dry_run else cluster_lock(cluster.name)):
         cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
         plan = _plan(cluster, source, removed_at)
         publish_plan(plan, ACTION)

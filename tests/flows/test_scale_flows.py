@@ -19,6 +19,7 @@ import pytest
 from flows.common import lock_name
 from flows.scale_down import scale_down
 from flows.scale_up import scale_up
+from flows.sync_inventory import sync_inventory
 from metascale.inventory import load_inventory
 from sandbox.lab import Lab
 
@@ -140,17 +141,39 @@ def test_scale_3_4_5_4_3_including_the_leader(fresh_lab: Lab, inventory: Path) -
 
 
 def test_dry_runs_change_nothing(fresh_lab: Lab, inventory: Path) -> None:
+    """Dry runs change nothing, and take no lock: while another run holds the cluster's lock they do not wait for it
+    (they used to, up to 300 s) and their plan says that a change is running."""
     from datetime import datetime, timezone
+    from uuid import uuid4
+
+    from flows.cluster_lock import ClusterLock
 
     started = datetime.now(timezone.utc)
     before = _snapshot(fresh_lab)
     inventory_text = inventory.read_text()
-    up = scale_up(new_nodes=[{"host": SPARE1}], inventory=str(inventory), dry_run=True, require_approval=False)
-    down = scale_down(node_ids=[1], inventory=str(inventory), dry_run=True, require_approval=False)
+    other = ClusterLock.acquire("lab", run_id=str(uuid4()), run_name="someone-elses-change", action="scale-up")
+    try:
+        up_thread, up_box = _run_in_thread(scale_up, new_nodes=[{"host": SPARE1}], inventory=str(inventory),
+                                           dry_run=True, require_approval=False)
+        up_thread.join(60)
+        assert not up_thread.is_alive(), "a dry run waited for the lock another run holds"
+        down_thread, down_box = _run_in_thread(scale_down, node_ids=[1], inventory=str(inventory), dry_run=True,
+                                               require_approval=False)
+        down_thread.join(60)
+        assert not down_thread.is_alive(), "a dry run waited for the lock another run holds"
+        plan = _plan_artifact()  # scale-down's, before sync-inventory publishes its own
+        sync_thread, sync_box = _run_in_thread(sync_inventory, inventory=str(inventory), dry_run=True)
+        sync_thread.join(60)
+        assert not sync_thread.is_alive(), "a dry run waited for the lock another run holds"
+        assert sync_box["state"].is_completed(), sync_box["state"]
+    finally:
+        other.release()
+    up, down = up_box["state"].result(), down_box["state"].result()
     assert up.dry_run and not up.changed and down.dry_run and not down.changed
     assert "transfer" not in down.message
     assert _snapshot(fresh_lab) == before and inventory.read_text() == inventory_text
-    assert "move leadership to meta-" in _plan_artifact()
+    assert "move leadership to meta-" in plan
+    assert "another change is running on this cluster: flow run someone-elses-change" in plan, plan
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterName
 

@@ -320,3 +320,27 @@ def test_the_cli_refuses_a_real_change_without_the_teams_prefect_api(capsys: pyt
     err = capsys.readouterr().err
     assert code == ExitCode.REFUSED, err
     assert "PREFECT_API_URL" in err and "--dry-run" in err and "lock" in err, err
+
+
+def test_the_command_ends_its_runs_without_waiting_for_the_heartbeat_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's sync engine joins the flow run's heartbeat thread, which sleeps in 1 s steps: up to 1 s after every
+    run of the `metascale` command. The command stops it without joining; heartbeats themselves stay on."""
+    import prefect.flow_engine as engine
+
+    from deployments.cli import stop_heartbeats_without_waiting
+
+    monkeypatch.setattr(engine, "_send_heartbeats", engine._send_heartbeats)  # restored after the test
+    assert stop_heartbeats_without_waiting() and stop_heartbeats_without_waiting()  # idempotent
+    patched = engine._send_heartbeats
+    assert patched.keywords == {"join_on_exit": False}, patched
+
+    stopped: list[bool] = []
+    fake_engine = SimpleNamespace(heartbeat_seconds=30, flow_run=None, logger=SimpleNamespace(debug=print),
+                                  _build_heartbeat_event_template=lambda: ({}, []),
+                                  _emit_flow_run_heartbeat=lambda resource, related: stopped.append(False))
+    started = time.monotonic()
+    with patched(fake_engine):
+        deadline = time.monotonic() + 5
+        while not stopped and time.monotonic() < deadline:  # the first heartbeat is sent at once
+            time.sleep(0.01)
+    assert stopped and time.monotonic() - started < 0.9  # left without waiting for the thread's 1 s sleep
