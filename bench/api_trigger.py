@@ -66,18 +66,20 @@ def served(api_url: str, log_path: Path, names: tuple[str, ...] = ("scale-up",),
 
 
 def wait_for_children_to_exit(pid: int, timeout_s: float) -> None:
-    """Wait until process `pid` has no child processes (or `timeout_s` passed)."""
-    def children() -> str:
-        found = []
-        for path in Path(f"/proc/{pid}/task").glob("*/children"):
+    """Wait until serve (process `pid`) runs no flow run any more (or `timeout_s` passed). Its runs are the
+    children of its warm forkserver (deployments/serve.py), so: until no child of `pid` has a child of its own (the
+    forkserver and the resource tracker themselves stay)."""
+    def children(of: int) -> list[int]:
+        found: list[int] = []
+        for path in Path(f"/proc/{of}/task").glob("*/children"):
             try:
-                found.append(path.read_text())
+                found += [int(p) for p in path.read_text().split()]
             except OSError:  # the thread ended meanwhile
                 continue
-        return "".join(found).strip()
+        return found
 
     deadline = time.monotonic() + timeout_s
-    while children() and time.monotonic() < deadline:
+    while any(children(child) for child in children(pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -217,7 +219,7 @@ def api_section(api: dict[str, Any] | None, verdict: Callable[[bool], str]) -> l
         "against the same flow called in-process (a warm process, as above) "
         f"(`{api['command']}` on {api['when']} UTC, load avg {api['load1']:.1f};",
         f"{rounds} round{'s' if rounds != 1 else ''}, medians; each run on a reset lab, which side goes first "
-        f"alternates; serve: {api.get('serve', 'runner poll 1 s')}).",
+        f"alternates; serve: {api.get('serve', 'runner poll every 0.5 s (--poll-s)')}).",
         "",
         "| measure | through the API (served) | in-process | goal | |",
         "|---|---|---|---|---|",
@@ -246,7 +248,7 @@ def api_section(api: dict[str, Any] | None, verdict: Callable[[bool], str]) -> l
 
 
 def cli_section(cli: dict[str, Any] | None, verdict: Callable[[bool], str]) -> list[str]:
-    """The `metascale` command's table (helper H4's bench/cli_timing.py figures), if measured."""
+    """The `metascale` command's table (bench/cli_timing.py figures), if measured."""
     if not cli:
         return []
     try:

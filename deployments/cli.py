@@ -3,7 +3,7 @@
 
 `scale-up` / `scale-down` / `replace` / `sync-inventory` run the same flows as the deployments, in this process,
 against the Prefect API of PREFECT_API_URL (environment or Prefect profile): they take the same cluster lock as
-deployment runs. Without a configured API every one of them is refused in one line that says how to point it at one
+deployment runs (a dry run takes none: it changes nothing). Without a configured API every one of them is refused in one line that says how to point it at one
 (no temporary server is started). The operator who types the command is the approval: each flow gets
 ``require_approval=False`` explicitly (the flows default to True).
 
@@ -234,7 +234,12 @@ def no_api_refusal(command: str, dry_run: bool) -> str:
 
     A change must hold the cluster's lock on the team's Prefect server (the one `serve` or the worker uses), the
     same lock deployment runs take; a server started just for this command would hold a lock nobody else sees, so
-    a real change names the team's server. A dry run changes nothing and may use any server, e.g. a local one."""
+    a real change names the team's server. A dry run changes nothing and may use any server, e.g. a local one.
+    `status --cluster-block` reads the block from the server that holds it."""
+    if command == "status":
+        return (f"no Prefect API configured: --cluster-block reads the block from your team's Prefect server: set "
+                f"PREFECT_API_URL to it (e.g. export PREFECT_API_URL={_EXAMPLE_API}), or give --inventory FILE "
+                f"(no Prefect API needed)")
     if dry_run:
         return (f"no Prefect API configured: set PREFECT_API_URL to your team's Prefect server (e.g. export "
                 f"PREFECT_API_URL={_EXAMPLE_API}), or for a dry run start a local one with `prefect server start "

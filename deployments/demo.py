@@ -5,7 +5,7 @@
 
 `up` brings up the lab (or resets it to the baseline cluster when it is already up), starts a Prefect server
 (SQLite under .demo/, telemetry off, 127.0.0.1 only), registers the block types, the work pool, the cluster's
-concurrency limit and the `lab` cluster block (its SSH key in the Secret `lab-ssh-key`), serves the three
+concurrency limit and the `lab` cluster block (its SSH key in the Secret `lab-ssh-key`), serves the five
 deployments, then triggers through Prefect's API (`run_deployment`, `resume_flow_run`: the Prefect client, which
 retries a busy server's 503) a scale-up of spare1 and a scale-down of the current leader (with approval, answered
 through the API), printing the equivalent REST call of each step, waits for both and prints the cluster and the UI

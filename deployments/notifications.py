@@ -22,19 +22,28 @@ WEBHOOK_BLOCK_NAME = "metascale-notify"
 
 
 def check_webhook_url(url: str) -> str:
-    """Return ``url`` if it is an http(s) URL with a host. Raises ValueError naming it."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"--notify-webhook {url!r} is not an http:// or https:// URL with a host")
+    """Return ``url`` if it is an http(s) URL with a host. Raises ValueError naming its scheme and host only: a
+    webhook URL's path or query can be its token (Slack, Teams), which never goes into an error."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname
+    except ValueError:
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
+        raise ValueError(f"--notify-webhook is not an http:// or https:// URL with a host (got scheme {scheme!r}, "
+                         f"host {host!r}; the rest is not shown, it can hold a token)")
     return url
 
 
 def save_webhook_block(url: str, name: str = WEBHOOK_BLOCK_NAME) -> UUID:
     """Save (or overwrite) the Custom Webhook notification block ``name`` that POSTs
-    `{"subject": ..., "body": ...}` as JSON to ``url``. Returns its block document id. Idempotent."""
+    `{"subject": ..., "body": ...}` as JSON to ``url``. Returns its block document id. Idempotent.
+
+    The URL is kept in the block's `secrets` (masked in the UI and the API, like a Secret block) and its `url` field
+    is the placeholder `{{url}}`: a webhook URL often is the credential (Slack, Teams)."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    block = CustomWebhookNotificationBlock(name="metascale", url=check_webhook_url(url),
+    block = CustomWebhookNotificationBlock(name="metascale", url="{{url}}", secrets={"url": check_webhook_url(url)},
                                            json_data={"subject": "{{subject}}", "body": "{{body}}"})
     return UUID(str(block.save(name, overwrite=True)))
 

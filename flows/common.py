@@ -30,14 +30,11 @@ from metascale.inventory import Inventory, load_inventory, validate_host
 from metascale.plan import QueryFacts, ScalePlan
 from metascale.preview import as_meta_node
 from metascale.status import ClusterStatus
-from flows.cluster_lock import (  # noqa: F401  (lock_name, ensure_cluster_limit: used by tests and setup)
-    LOCK_LEASE_S,
+from flows.cluster_lock import (
     LOCK_WAIT_S,
     ChangeGuard,
-    ChangeStopped,
     ClusterLock,
     GuardedProgress,
-    ensure_cluster_limit,
     interrupted_change_reason,
     lock_is_held,
     lock_name,
@@ -228,7 +225,7 @@ def note_other_change(plan: ScalePlan, cluster: str) -> ScalePlan:
     return plan.model_copy(update={"notes": (reason, *plan.notes)})
 
 
-def plan_only(action: str, cluster: Inventory, make_plan: MakePlan) -> ScaleOutcome:
+def plan_only(cluster: Inventory, make_plan: MakePlan) -> ScaleOutcome:
     """A dry run: read the cluster, plan, publish the plan, change nothing. It takes no cluster lock: it changes
     nothing, so it neither waits behind a running change nor makes one wait (and costs the command no lock round
     trips); the plan says when another change is running."""
@@ -402,8 +399,8 @@ def run_change(action: str, make_plan: MakePlan, apply: Apply, *, inventory: str
                require_approval: bool, approval_timeout_s: int, maintenance_window: str, override_window: bool,
                undo: Undo | None = None) -> ScaleOutcome:
     """The shape every change-making flow shares, in order: a dry run only plans (``plan_only``, no lock); else the
-    cluster's SSH pool and lock; the inventory read again under the lock; ``make_plan`` (read-only); the plan published; dry run / nothing to do; fault tolerance and
-    the maintenance window; the approval gate (plan made again and compared); then ``apply`` under the change guard,
+    cluster's SSH pool and lock; the inventory read again under the lock; ``make_plan`` (read-only); the plan
+    published; nothing to do stops; fault tolerance and the maintenance window; the approval gate (plan made again and compared); then ``apply`` under the change guard,
     and on failure ``undo`` (what the cluster never took) and the diagnostics; the before/after status table.
 
     Returns the run's ScaleOutcome. Raises: PlanRefused (nothing changed), ScaleFailed (state and next step)."""
@@ -415,7 +412,7 @@ def run_change(action: str, make_plan: MakePlan, apply: Apply, *, inventory: str
     record.cluster = cluster.name
     if dry_run:
         with run_pool(cluster, key_text):
-            return plan_only(action, cluster, make_plan)
+            return plan_only(cluster, make_plan)
     with run_pool(cluster, key_text), cluster_lock(cluster.name, action) as lock:
         cluster, _ = resolve_cluster(inventory, cluster_block)  # re-read: the previous holder may have changed it
         plan, before, query_facts = make_plan(cluster)

@@ -250,6 +250,16 @@ def test_notifications_refusal_crash_hook_audit_and_outcome(fresh_lab: Lab, rece
     ui = prefect_api_url.removesuffix("/api")
     lines = setup_notifications(webhook=receiver.url)
     assert len([line for line in lines if line.startswith("automation metascale-")]) == 3, lines
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+
+    from deployments.notifications import WEBHOOK_BLOCK_NAME
+
+    with get_client(sync_client=True) as client:  # the block as the UI and the API show it: the URL masked
+        shown = client.read_block_document_by_name(
+            WEBHOOK_BLOCK_NAME, block_type_slug=CustomWebhookNotificationBlock.get_block_type_slug(),
+            include_secrets=False)
+    assert shown.data["url"] == "{{url}}" and receiver.url not in str(shown.data), shown.data
     inventory = _inventory(fresh_lab, tmp_path / "inventory.toml")
     stale = _inventory(fresh_lab, tmp_path / "stale.toml", without_meta_3=True)
 

@@ -322,6 +322,20 @@ def test_the_cli_refuses_a_real_change_without_the_teams_prefect_api(capsys: pyt
     assert "PREFECT_API_URL" in err and "--dry-run" in err and "lock" in err, err
 
 
+def test_status_of_a_block_without_a_prefect_api_says_where_blocks_live(capsys: pytest.CaptureFixture[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.cli import ExitCode, main
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        code = main(["status", "--cluster-block", "prod-eu"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.REFUSED and len(err.strip().splitlines()) == 1, err
+    assert "PREFECT_API_URL" in err and "--inventory" in err and "dry run" not in err, err
+
+
 def test_the_command_ends_its_runs_without_waiting_for_the_heartbeat_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Prefect's sync engine joins the flow run's heartbeat thread, which sleeps in 1 s steps: up to 1 s after every
     run of the `metascale` command. The command stops it without joining; heartbeats themselves stay on."""
