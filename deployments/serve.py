@@ -6,7 +6,7 @@ no worker).
 The deployments are built from prefect.yaml (deployments/specs.py): the same names, descriptions, parameters, tags,
 schedules and triggers as `prefect deploy --all`, so serving creates the same automation (`replace-node-on-proposal`:
 cluster-check's `metascale.replace-node.proposed` event starts replace-node paused for approval). Runs execute as
-subprocesses of this process. On SIGTERM it stops gracefully and pauses its deployments (Prefect's `serve`
+child processes of this process's warm forkserver (below). On SIGTERM it stops gracefully and pauses its deployments (Prefect's `serve`
 behaviour); starting it again un-pauses them.
 
 From trigger to first step (BENCHMARKS.md): the runner asks the API for runs to start every `--poll-s` seconds
